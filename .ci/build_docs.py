@@ -37,10 +37,11 @@ def render_output(out, page, n, assets, asis):
     if out['output_type'] == 'error':
         return fence(re.sub(r'\x1b\[[0-9;]*m', '', '\n'.join(out['traceback'])), 'text')
     data = out.get('data', {})
-    if 'image/png' in data:
-        name = f'{page}_{n}.png'
-        (assets/name).write_bytes(base64.b64decode(text(data['image/png'])))
-        return f'![](assets/{name})\n'
+    for mime, ext in (('image/png', 'png'), ('image/jpeg', 'jpg')):
+        if mime in data:
+            name = f'{page}_{n}.{ext}'
+            (assets/name).write_bytes(base64.b64decode(text(data[mime])))
+            return f'![](assets/{name})\n'
     if 'image/svg+xml' in data: return text(data['image/svg+xml']) + '\n'
     if 'text/markdown' in data: return text(data['text/markdown']) + '\n'
     if 'text/html' in data: return '<div class="nb-output" markdown="0">\n' + text(data['text/html']) + '\n</div>\n'
