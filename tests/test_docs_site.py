@@ -30,13 +30,12 @@ def site_url():
     server.shutdown()
 
 def exported_names():
-    "Public names per module, from nbdev's index of the library."
-    from fundus_ssl._modidx import d
-    names = {}
-    for sym in d['syms'].values():
-        for name, _ in sym.items():
-            mod, _, obj = name.partition('.')[2].partition('.')
-            if '.' not in obj: names.setdefault(mod, []).append(obj)
+    "Public names per module page: each module's `__all__` (core: only what it defines, not its re-exports)."
+    import importlib, pkgutil, fundus_ssl
+    mods = [m.name for m in pkgutil.iter_modules(fundus_ssl.__path__) if not m.name.startswith('_')]
+    names = {m: list(importlib.import_module(f'fundus_ssl.{m}').__all__) for m in mods}
+    reexported = {n for m, ns in names.items() if m != 'core' for n in ns}
+    names['core'] = [n for n in names['core'] if n not in reexported]
     return names
 
 def test_home_page(site_url):
