@@ -30,10 +30,14 @@ def site_url():
     server.shutdown()
 
 def exported_names():
-    "Public names per module page: each module's `__all__` (core: only what it defines, not its re-exports)."
-    import importlib, pkgutil, fundus_ssl
+    "API entries per module page: the functions and classes in each module's `__all__` (nbdev documents each"
+    "with show_doc); core lists only what it defines, not its re-exports."
+    import importlib, inspect, pkgutil, fundus_ssl
+    def entries(mod):
+        m = importlib.import_module(f'fundus_ssl.{mod}')
+        return [n for n in m.__all__ if inspect.isfunction(getattr(m, n)) or inspect.isclass(getattr(m, n))]
     mods = [m.name for m in pkgutil.iter_modules(fundus_ssl.__path__) if not m.name.startswith('_')]
-    names = {m: list(importlib.import_module(f'fundus_ssl.{m}').__all__) for m in mods}
+    names = {m: entries(m) for m in mods}
     reexported = {n for m, ns in names.items() if m != 'core' for n in ns}
     names['core'] = [n for n in names['core'] if n not in reexported]
     return names
@@ -48,7 +52,8 @@ def test_api_pages_list_their_entries(site_url):
     names = exported_names()
     assert 'core' in names
     for mod, objs in names.items():
-        problems = check_page(f'{site_url}/{mod}/', expect=objs, screenshot=SHOTS/f'{mod}.png')
+        shot = SHOTS/f'{mod}.png' if mod in ('core', 'datasets') else None  # two screenshots are enough to look at
+        problems = check_page(f'{site_url}/{mod}/', expect=objs, screenshot=shot)
         assert not problems, problems
 
 def test_search_index_has_api(site_url):
