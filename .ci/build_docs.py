@@ -92,14 +92,19 @@ def mkdocs_config(nav):
                    palette=dict(primary='deep orange')),
         plugins=['search'],
         markdown_extensions=['tables', 'attr_list', 'md_in_html', 'admonition', 'toc',
-                             'pymdownx.superfences', 'pymdownx.highlight'],
-        extra_css=['assets/extra.css'])
+                             'pymdownx.superfences', 'pymdownx.highlight', {'pymdownx.arithmatex': {'generic': True}}],
+        extra_css=['assets/extra.css'],
+        # MathJax renders the notebooks' $...$ formulas where the reader is online; offline, the TeX stays readable.
+        extra_javascript=['assets/mathjax.js', 'https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js'])
 
 EXTRA_CSS = ".nb-output { overflow-x: auto; } .nb-output table { font-size: 0.7rem; }\n"
+MATHJAX_JS = ("window.MathJax = {tex: {inlineMath: [['\\\\(', '\\\\)']], displayMath: [['\\\\[', '\\\\]']],"
+              " processEscapes: true, processEnvironments: true}, options: {ignoreHtmlClass: '.*', processHtmlClass: 'arithmatex'}};\n")
 
 def build_site():
     shutil.rmtree(SRC, ignore_errors=True); (SRC/'assets').mkdir(parents=True)
     (SRC/'assets'/'extra.css').write_text(EXTRA_CSS)
+    (SRC/'assets'/'mathjax.js').write_text(MATHJAX_JS)
     nav = []
     for nb in sorted(PROC.glob('*.ipynb'), key=lambda p: (p.stem != 'index', p.stem)):
         page, title, md = notebook_page(nb, SRC/'assets')
