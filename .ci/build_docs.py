@@ -70,7 +70,9 @@ def notebook_page(nb_path, assets, readme=False):
         asis = opts.get('output') == 'asis'
         parts += [render_output(o, page, f'{i}_{j}', assets, asis) for j, o in enumerate(cell.get('outputs', []))]
     md = '\n'.join(parts)
-    if readme: md = re.sub(r'\]\((\w[\w-]*)\.html\)', r'](' + settings()['doc_host'] + settings()['doc_baseurl'] + r'/\1/)', md)
+    # links between notebooks are written `page.html`: MkDocs resolves `page.md`, the README needs the site's URL
+    site = settings()['doc_host'] + settings()['doc_baseurl']
+    md = re.sub(r'\]\((\w[\w-]*)\.html(#[^)]*)?\)', (lambda m: f'](' + (f'{site}/{m[1]}/' if readme else f'{m[1]}.md') + f'{m[2] or ""})'), md)
     return page, meta.get('title', page), md
 
 def proc_nbs():
