@@ -18,15 +18,15 @@ from .augment import images_as_float
 from .pseudolabel import PseudoLabelerModel, SquareImages, center_square, write_csv_atomic
 
 # %% auto #0
-__all__ = ['PATCH_POSITIONS', 'MIRRORED_POSITION', 'EYES', 'ZERO_NORMAL', 'CSV_NAME', 'SETTINGS_NAME', 'PATCH_DIR',
-           'patch_origins', 'check_eye', 'aligned', 'five_patches', 'patch_image', 'evaluating',
-           'class_activation_maps', 'score_maps', 'fov_masks', 'patch_scores', 'zeroed_scores', 'patch_columns',
-           'read_patch_csv', 'build_patch_dataset', 'show_patch_scores']
+__all__ = ['PATCH_POSITIONS', 'MIRRORED_POSITION', 'ZERO_NORMAL', 'CSV_NAME', 'SETTINGS_NAME', 'PATCH_DIR', 'patch_origins',
+           'check_eye', 'aligned', 'five_patches', 'patch_image', 'evaluating', 'class_activation_maps', 'score_maps',
+           'fov_masks', 'patch_scores', 'zeroed_scores', 'patch_columns', 'read_patch_csv', 'build_patch_dataset',
+           'show_patch_scores']
 
 # %% ../nbs/17_patches.ipynb #9db41f8d
 PATCH_POSITIONS = ('tl', 'tr', 'bl', 'br', 'c')  # top-left, top-right, bottom-left, bottom-right, centre
 MIRRORED_POSITION = {'tl': 'tr', 'tr': 'tl', 'bl': 'br', 'br': 'bl', 'c': 'c'}  # where a right eye's patch goes
-EYES = ('left', 'right')
+from .synthetic import EYES  # one definition of the eye names
 
 def patch_origins(size:int=448,       # side of the square (or (height, width))
                   patch_size:int=224, # side of the patches
