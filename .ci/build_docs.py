@@ -103,17 +103,29 @@ EXTRA_CSS = ".nb-output { overflow-x: auto; } .nb-output table { font-size: 0.7r
 MATHJAX_JS = ("window.MathJax = {tex: {inlineMath: [['\\\\(', '\\\\)']], displayMath: [['\\\\[', '\\\\]']],"
               " processEscapes: true, processEnvironments: true}, options: {ignoreHtmlClass: '.*', processHtmlClass: 'arithmatex'}};\n")
 
+# Sidebar sections by notebook number: the layers of the package, then the experiments.
+SECTIONS = [(0, 1, ''), (1, 6, 'Data'), (6, 10, 'Models and losses'), (10, 20, 'Methods'),
+            (20, 30, 'Evaluation'), (30, 40, 'Analyses')]
+
+def section_of(stem:str) -> str:
+    if stem == 'index': return ''
+    if stem.startswith('run_'): return 'Experiments'
+    num = int(re.match(r'(\d+)', stem).group(1)) if re.match(r'\d+', stem) else None
+    return next((name for lo, hi, name in SECTIONS if num is not None and lo <= num < hi), 'Other')
+
 def build_site():
     shutil.rmtree(SRC, ignore_errors=True); (SRC/'assets').mkdir(parents=True)
     (SRC/'assets'/'extra.css').write_text(EXTRA_CSS)
     (SRC/'assets'/'mathjax.js').write_text(MATHJAX_JS)
-    nav = []
+    sections = {}
     for nb in sorted(PROC.glob('*.ipynb'), key=lambda p: (p.stem != 'index', p.stem)):
         page, title, md = notebook_page(nb, SRC/'assets')
         (SRC/f'{page}.md').write_text(md)
-        nav.append({('Home' if page == 'index' else title): f'{page}.md'})
+        sections.setdefault(section_of(nb.stem), []).append({('Home' if page == 'index' else title): f'{page}.md'})
     for doc in sorted(ROOT.glob('*.md')):
-        if doc.name not in ('README.md',): shutil.copy(doc, SRC/doc.name); nav.append({doc.stem.title(): doc.name})
+        if doc.name not in ('README.md',):
+            shutil.copy(doc, SRC/doc.name); sections.setdefault('Project', []).append({doc.stem.title(): doc.name})
+    nav = [*sections.pop('', []), *({k: v} for k, v in sections.items())]
     cfg = BUILD/'mkdocs.yml'
     cfg.write_text(yaml.safe_dump(mkdocs_config(nav), sort_keys=False))
     subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '--strict', '-q', '-f', str(cfg)], cwd=ROOT, check=True,
