@@ -1,0 +1,49 @@
+"nbs/run_transfer.ipynb runs end to end under papermill with tiny settings and writes its tables, figures and metrics."
+import json
+from pathlib import Path
+import pandas as pd
+import pytest
+
+papermill = pytest.importorskip('papermill')
+
+NOTEBOOK = Path(__file__).parents[1]/'nbs'/'run_transfer.ipynb'
+# 32 images (16 patients, 4 held out), 32 px; a 1-epoch MoCo encoder against random init; 2 fractions x 1 seed
+TINY = dict(n_images=32, image_size=32, batch_size=8, valid_pct=0.25, arch='test_resnet', pretrain_epochs=1,
+            linear_epochs=10, knn_k=5, finetune_epochs=1, freeze_epochs=1, fractions=[0.5, 1.0], seeds=[0],
+            hierarchical_ns=[0, 1], n_boot=50, seed=0)
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('transfer')
+    papermill.execute_notebook(str(NOTEBOOK), str(out/'run.ipynb'), kernel_name='python3', progress_bar=False,
+                               parameters=dict(TINY, out_dir=str(out)))
+    return out, json.loads((out/'metrics.json').read_text())
+
+
+def test_outputs(run):
+    out, m = run
+    for f in ('protocols.csv', 'efficiency_runs.csv', 'efficiency_summary.csv', 'efficiency_curves.csv', 'convergence.csv',
+              'hierarchical_runs.csv', 'hierarchical_convergence.csv', 'label_efficiency.png', 'convergence.png',
+              'hierarchical.png', 'encoders/moco.safetensors'):
+        assert (out/f).stat().st_size > 0, f
+    assert m['task'] == 'binary' and m['metric'] == 'auc' and m['reference'] == 'random'
+    assert m['data']['n_train'] == 24 and m['data']['n_valid'] == 8
+    assert m['encoders']['moco'].endswith('moco.safetensors') and m['seconds'] > 0
+
+
+def test_tables(run):
+    out, m = run
+    p = pd.read_csv(out/'protocols.csv')
+    assert sorted(zip(p.encoder, p.protocol)) == sorted((e, q) for e in ('random', 'moco') for q in ('linear', 'knn', 'fine_tune'))
+    assert ((p.auc_low <= p.auc) & (p.auc <= p.auc_high)).all()
+    runs = pd.read_csv(out/'efficiency_runs.csv')
+    assert len(runs) == 2 * 2 and set(runs.fraction) == {0.5, 1.0}
+    assert runs.groupby('fraction').n_labels.first().tolist() == sorted(runs.n_labels.unique())
+    s = pd.read_csv(out/'efficiency_summary.csv')
+    assert (s.loc[s.init == 'random', 'gain'] == 0).all()
+    curves = pd.read_csv(out/'efficiency_curves.csv')
+    assert len(curves) == 4 * 2  # 4 runs x (1 frozen + 1) epochs
+    h = pd.read_csv(out/'hierarchical_convergence.csv')
+    assert h.ssl_epochs.tolist() == [0, 1] and set(h.columns) >= {'epochs', 'steps', 'reached', 'speedup'}
+    assert len(m['protocols']) == 6 and len(m['label_efficiency']) == 4 and len(m['hierarchical']) == 2
