@@ -1,0 +1,62 @@
+"nbs/run_pretrain.ipynb runs end to end under papermill with tiny settings, writes its outputs, and resumes from its checkpoints."
+import json, math
+from pathlib import Path
+import pytest
+import torch
+
+papermill = pytest.importorskip('papermill')
+from fundus_ssl.models import create_encoder
+from fundus_ssl.checkpoint import checkpoints, read_checkpoint
+
+NOTEBOOK = Path(__file__).parents[1]/'nbs'/'run_pretrain.ipynb'
+# 16 images (8 patients, 3 held out): 10 to pretrain on in 2 steps of 4, a queue of 8 keys, 32 px views
+TINY = dict(method='mocov2', encoder='test_resnet', n_images=16, image_size=32, batch_size=4, queue_size=8, bn_splits=2,
+            knn_k=5, epochs=2, lr=1e-3, seed=0)
+
+def run(out, **params):
+    papermill.execute_notebook(str(NOTEBOOK), str(out/'run.ipynb'), kernel_name='python3', progress_bar=False,
+                               parameters=dict(TINY, out_dir=str(out), **params))
+    return json.loads((out/'metrics.json').read_text())
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+    "A run stopped after 1 of 2 epochs, then the same run resumed: (out_dir, metrics of the first, metrics of the second)."
+    out = tmp_path_factory.mktemp('pretrain')
+    first = run(out, stop_after=1)
+    saved_after_first = list(checkpoints(out/'checkpoints'))
+    second = run(out, resume=True)
+    return out, first, second, saved_after_first
+
+def test_metrics(runs):
+    out, first, _, _ = runs
+    assert first['method'] == 'mocov2' and first['epochs'] == 2 and first['epochs_done'] == 1 and first['epochs_trained_now'] == 1
+    for k in ('loss_first', 'loss_last', 'valid_loss_first', 'valid_loss_last'):
+        assert math.isfinite(first[k]) and first[k] > 0, (k, first[k])
+    # MoCo's InfoNCE over 1 positive and K = 8 negatives lies within (0, log 9 + 2/T] for unit vectors
+    assert first['loss_first'] < math.log(9) + 2 / 0.2
+    for k in ('knn_pretrained', 'knn_random', 'knn_majority'): assert 0 <= first[k] <= 1, (k, first[k])
+    # the held-out set holds 6 images: an effective rank lies in [1, 5]
+    assert first['data'] == dict(reader='synthetic_eyepacs', n_images=16, n_bank=10, n_held_out=6, classes=first['data']['classes'])
+    for k in ('effective_rank', 'effective_rank_random'): assert 1 <= first[k] <= 5, (k, first[k])
+    assert first['export_ok'] and first['seconds'] > 0
+    for f in ('data.png', 'views.png', 'loss.png', 'probe.png', 'spectrum.png', 'features.npz', 'encoder_report.txt'):
+        assert (out/f).stat().st_size > 0, f
+
+def test_resume_continues(runs):
+    out, first, second, saved_after_first = runs
+    assert saved_after_first == [1]
+    assert list(checkpoints(out/'checkpoints')) == [1, 2]
+    assert second['epochs_done'] == 2 and second['epochs_trained_now'] == 1
+    assert [h['epoch'] for h in second['history']] == [1, 2]
+    assert second['history'][0] == first['history'][0]  # the first epoch is the checkpointed one, not trained again
+    assert second['knn_random'] == first['knn_random']  # the same random encoder to compare with
+
+def test_exported_encoder_is_the_trained_one(runs):
+    out, _, second, _ = runs
+    enc = create_encoder('test_resnet', pretrained=second['encoder_file'])
+    model = read_checkpoint(next(reversed(checkpoints(out/'checkpoints').values())))['model']
+    sd = enc.model.state_dict()
+    assert len(sd) > 10
+    for k, v in sd.items(): torch.testing.assert_close(v, model['encoder.model.' + k], msg=k)
+    # and not the key network, which lags behind the query network
+    assert any(not torch.equal(v, model['key_encoder.model.' + k]) for k, v in sd.items() if v.is_floating_point())
