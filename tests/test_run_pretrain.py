@@ -4,18 +4,16 @@ from pathlib import Path
 import pytest
 import torch
 
-papermill = pytest.importorskip('papermill')
+from experiments import run_experiment
 from fundus_ssl.models import create_encoder
 from fundus_ssl.checkpoint import checkpoints, read_checkpoint
 
-NOTEBOOK = Path(__file__).parents[1]/'nbs'/'run_pretrain.ipynb'
 # 16 images (8 patients, 3 held out): 10 to pretrain on in 2 steps of 4, a queue of 8 keys, 32 px views
 TINY = dict(method='mocov2', encoder='test_resnet', n_images=16, image_size=32, batch_size=4, queue_size=8, bn_splits=2,
             knn_k=5, epochs=2, lr=1e-3, seed=0)
 
 def run(out, **params):
-    papermill.execute_notebook(str(NOTEBOOK), str(out/'run.ipynb'), kernel_name='python3', progress_bar=False,
-                               parameters=dict(TINY, out_dir=str(out), **params))
+    run_experiment('run_pretrain', out, **{**TINY, **params})
     return json.loads((out/'metrics.json').read_text())
 
 @pytest.fixture(scope='module')

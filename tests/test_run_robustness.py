@@ -4,8 +4,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-papermill = pytest.importorskip('papermill')
-NB = Path(__file__).parents[1]/'nbs'/'run_robustness.ipynb'
+from experiments import run_experiment
 TINY = dict(n_synthetic=48, valid_pct=0.4, inits={'random': 'random', 'mocov2': 'mocov2'}, encoder='test_resnet', image_size=64,
             epochs=2, batch_size=8, pretrain_epochs=1, kinds=['gaussian_blur', 'jpeg'], severities=[1, 3], metric='accuracy',
             n_interpret=2, ig_steps=4)
@@ -13,9 +12,7 @@ TINY = dict(n_synthetic=48, valid_pct=0.4, inits={'random': 'random', 'mocov2': 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp('robustness')
-    papermill.execute_notebook(str(NB), str(out/'run.ipynb'), parameters=dict(TINY, out_dir=str(out)), kernel_name='python3',
-                               progress_bar=False, cwd=str(NB.parent))
-    return out
+    return run_experiment('run_robustness', out, **TINY)
 
 def test_outputs_written(run):
     for f in ['metrics.json', 'robustness.csv', 'corruption_errors.csv', 'representation.csv', 'cka_models.csv', 'attribution.csv',

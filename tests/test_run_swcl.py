@@ -3,17 +3,14 @@ import json, math
 from pathlib import Path
 import pytest
 
-papermill = pytest.importorskip('papermill')
-NB = Path(__file__).parents[1]/'nbs'/'run_swcl.ipynb'
+from experiments import run_experiment
 TINY = dict(smoke=True, encoder='test_resnet', pseudo_encoder='test_resnet', n_synthetic=16, image_size=64, patch_size=32,
             epochs_probe=5, seg_crops=1, batch_pseudo=8, batch_pretrain=16, batch_downstream=8, valid_pct=0.3, seed=0)
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp('run_swcl')
-    papermill.execute_notebook(str(NB), str(out/'run_swcl.ipynb'), parameters=dict(TINY, out_dir=str(out)), kernel_name='python3',
-                               progress_bar=False, cwd=str(NB.parent))
-    return out
+    return run_experiment('run_swcl', out, **TINY)
 
 def test_metrics_hold_the_comparison(run):
     m = json.loads((run/'metrics.json').read_text())

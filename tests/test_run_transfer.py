@@ -4,9 +4,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-papermill = pytest.importorskip('papermill')
+from experiments import run_experiment
 
-NOTEBOOK = Path(__file__).parents[1]/'nbs'/'run_transfer.ipynb'
 # 32 images (16 patients, 4 held out), 32 px; a 1-epoch MoCo encoder against random init; 2 fractions x 1 seed
 TINY = dict(n_images=32, image_size=32, batch_size=8, valid_pct=0.25, arch='test_resnet', pretrain_epochs=1,
             linear_epochs=10, knn_k=5, finetune_epochs=1, freeze_epochs=1, fractions=[0.5, 1.0], seeds=[0],
@@ -16,8 +15,7 @@ TINY = dict(n_images=32, image_size=32, batch_size=8, valid_pct=0.25, arch='test
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp('transfer')
-    papermill.execute_notebook(str(NOTEBOOK), str(out/'run.ipynb'), kernel_name='python3', progress_bar=False,
-                               parameters=dict(TINY, out_dir=str(out)))
+    run_experiment('run_transfer', out, **TINY)
     return out, json.loads((out/'metrics.json').read_text())
 
 
