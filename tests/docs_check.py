@@ -8,12 +8,16 @@ ERROR_MARKERS = ('Traceback (most recent call last)', 'ModuleNotFoundError', 'Na
 def chromium_path():
     return next((p for p in map(shutil.which, ('chromium', 'chromium-browser', 'google-chrome')) if p), None)
 
-def _chromium(*args, timeout=90):
+def _chromium(*args, timeout=120, tries=2):
+    "Chromium's stdout; a start that hangs (seen on a loaded 2-core machine) is retried once with a fresh profile."
     cmd = [chromium_path(), '--headless', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage',
            '--hide-scrollbars', '--window-size=1280,1000', '--virtual-time-budget=4000', *args]
-    with tempfile.TemporaryDirectory() as profile:
-        res = subprocess.run(cmd + [f'--user-data-dir={profile}'], capture_output=True, text=True, timeout=timeout)
-    return res.stdout
+    for attempt in range(tries):
+        with tempfile.TemporaryDirectory() as profile:
+            try: return subprocess.run(cmd + [f'--user-data-dir={profile}'], capture_output=True, text=True,
+                                       timeout=timeout).stdout
+            except subprocess.TimeoutExpired:
+                if attempt == tries - 1: raise
 
 def page_text(dom):
     "Visible text of a DOM dump: scripts, styles and tags removed."
