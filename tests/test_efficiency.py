@@ -5,8 +5,7 @@ from fundus_ssl.efficiency import (fixed_split, labeled_subset, label_efficiency
                                    convergence_table, hierarchical_inits, ssl_epochs, plot_label_efficiency,
                                    plot_convergence, plot_relative_gain)
 from fundus_ssl.models import create_encoder, export_encoder
-from fundus_ssl.synthetic import write_eyepacs_like
-from fundus_ssl.datasets import read_eyepacs
+from synthetic_sets import referable_eyepacs
 from fundus_ssl.data import classification_dls
 
 warnings.filterwarnings('ignore', category=UserWarning)
@@ -15,8 +14,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope='module')
 def eyepacs(tmp_path_factory):
-    df = read_eyepacs(write_eyepacs_like(tmp_path_factory.mktemp('eyepacs'), n_patients=24, size=96, seed=2))
-    return df.assign(referable=(df['dr_grade'] >= 2).astype(int))
+    return referable_eyepacs(tmp_path_factory.mktemp('eyepacs'), n_patients=24, seed=2)
 
 
 def make_dls(df): return classification_dls(df, 'referable', size=64, bs=8)

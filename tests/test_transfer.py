@@ -6,8 +6,9 @@ from sklearn.metrics import roc_auc_score
 from fundus_ssl.transfer import (encoder_from, linear_probe, knn_probe, fine_tune, evaluate_classification,
                                  task_outputs, state_snapshot, check_unchanged)
 from fundus_ssl.models import create_encoder, export_encoder
-from fundus_ssl.synthetic import write_eyepacs_like, write_odir_like
-from fundus_ssl.datasets import read_eyepacs, read_odir
+from fundus_ssl.synthetic import write_odir_like
+from fundus_ssl.datasets import read_odir
+from synthetic_sets import referable_eyepacs
 from fundus_ssl.data import classification_dls, multilabel_dls
 
 warnings.filterwarnings('ignore', category=UserWarning)
@@ -16,8 +17,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope='module')
 def eyepacs(tmp_path_factory):
-    df = read_eyepacs(write_eyepacs_like(tmp_path_factory.mktemp('eyepacs'), n_patients=40, size=96, seed=1))
-    return df.assign(referable=(df['dr_grade'] >= 2).astype(int))
+    return referable_eyepacs(tmp_path_factory.mktemp('eyepacs'), n_patients=40, seed=1)
 
 
 def test_plain_weight_file_uses_arch(tmp_path):
