@@ -8,10 +8,11 @@ Two workloads, each with 0, 1 and 2 loader workers:
   DataLoaders at 224 px (FOV crop, resize, affine, crop, flips, jitter).
 
 Each configuration runs one untimed pass over the training DataLoader (worker start-up, caches), then
-`--passes` timed passes; images/s = images loaded / seconds. fastai 2.8 starts new worker processes at
-every pass (its DataLoader builds a new torch iterator per epoch, so `persistent_workers` has no effect):
-their start-up (about 0.3 s per pass here) is part of the timed cost, as it is in training. Small
-datasets (DRIVE: 20 training images) pay it at every epoch.
+`--passes` timed passes; images/s = images loaded / seconds. With workers, each count is timed twice:
+as fastai 2.8 runs them (new worker processes at every pass: its DataLoader builds a new torch iterator
+per epoch, so its own `persistent_workers` has no effect; their start-up is part of the timed cost, as it
+is in training, and small datasets like DRIVE's 20 training images pay it at every epoch), and kept
+between passes (`persistent_workers=True`, `fundus_ssl.data.PersistentDL`).
 
     FUNDUS_DATA=/path/to/data python bench/data_pipeline.py
     python bench/data_pipeline.py --root /path/to/DRIVE --workers 0 1 2 --passes 3
@@ -38,6 +39,10 @@ def images_per_second(dl, passes:int) -> float:
         for xb, *_ in dl: n += len(xb)
     return n / (time.perf_counter() - start)
 
+def columns_of(workers:list) -> list:
+    "(column name, workers, kept) per timed configuration: fastai's workers, then kept ones, per worker count."
+    return [(f'{w} workers' + (', kept' if kept else ''), w, kept) for w in workers for kept in ((False, True) if w else (False,))]
+
 def main():
     args = parse_args()
     os.environ.setdefault('OMP_NUM_THREADS', str(args.threads))
@@ -52,22 +57,24 @@ def main():
     drive = Path(args.root) if args.root else fundus_data_root('DRIVE')
     if drive and drive.exists():
         df = read_drive(drive)
-        workloads['DRIVE 565x584 TIFF, 256 px patches'] = lambda w: segmentation_dls(
-            df, size=None, patch_size=256, bs=args.bs, num_workers=w, valid_split='test').train
+        workloads['DRIVE 565x584 TIFF, 256 px patches'] = lambda w, kept: segmentation_dls(
+            df, size=None, patch_size=256, bs=args.bs, num_workers=w, persistent_workers=kept, valid_split='test').train
     else: print('DRIVE: skipped (set FUNDUS_DATA or pass --root to time it)')
     tmp = tempfile.TemporaryDirectory()
     eyepacs = read_eyepacs(write_eyepacs_like(Path(tmp.name)/'EyePACS', n_patients=args.n_synthetic // 2, size=256))
-    workloads[f'EyePACS-like 256 px JPEG -> 224 px'] = lambda w: classification_dls(
-        eyepacs, 'dr_grade', size=224, bs=args.bs, num_workers=w).train
+    workloads[f'EyePACS-like 256 px JPEG -> 224 px'] = lambda w, kept: classification_dls(
+        eyepacs, 'dr_grade', size=224, bs=args.bs, num_workers=w, persistent_workers=kept).train
 
-    columns = [f'{w} workers' for w in args.workers]
+    configs = columns_of(args.workers)
+    columns = [c for c, *_ in configs]
     table = {}
     for name, make in workloads.items():
-        for w, col in zip(args.workers, columns):
-            dl = make(w)
+        for col, w, kept in configs:
+            dl = make(w, kept)
             table[name, col] = images_per_second(dl, args.passes)
             table[name, 'n'] = len(dl.dataset)
             print(f'{name:36s} {col:20s}: {table[name, col]:7.1f} images/s', flush=True)
+            if kept: dl.shutdown_workers()
     print(f'\nimages/s, decode + augment + collate, batch {args.bs}, {os.cpu_count()} CPUs, {args.threads} thread(s) per process')
     print('| workload | training images | ' + ' | '.join(columns) + ' |')
     print('|---|---|' + '---|' * len(columns))

@@ -30,7 +30,9 @@ Each prints tables and writes <out>/<config>.json (`--smoke`: <config>-smoke.jso
    the workers) against the device path (workers only decode, `TwoViewAug` makes the views on the device), and
    the workers' share of the device path alone (`decode only`: decode, center crop, collate), which bounds the
    loader's rate on a machine with more cores: about (cores) x (its 1-worker rate). Last, the end-to-end
-   section's own loader alone, `unlabeled_dls` (fastai's item pipeline around the same decode).
+   section's own loader alone, `unlabeled_dls` (fastai's item pipeline around the same decode), with its workers
+   started at every epoch as fastai does and kept (`persistent_workers=True`, `fundus_ssl.data.PersistentDL`), and
+   the time from an epoch's start to its first batch (`epoch_start_ms`).
 4. **Sliding-window segmentation**: `predict_segmentation` of a U-Net on a 565 x 584 image at native
    resolution (DRIVE's size), images/s; bf16 on CUDA only (a CPU emulates bfloat16 convolutions, ~60x slower).
 5. (gpu) **End to end**: MoCo v2 from the pre-resized cache through `unlabeled_dls` with `e2e_workers` loader
@@ -339,7 +341,7 @@ def cached_jpegs(cfg, tmp:Path) -> tuple[list, dict]:
     return list(cached.image), info
 
 
-def bench_data(cfg, device, paths) -> dict:
+def bench_data(cfg, device, paths) -> tuple[dict, dict]:
     import torch
     from torch.utils.data import DataLoader
     from fundus_ssl.augment import TwoViewAug, TwoViewItemAug
@@ -364,26 +366,39 @@ def bench_data(cfg, device, paths) -> dict:
             out[f'{path}, {w} workers'] = n / (time.perf_counter() - t0)
             print(f'  {path:22s} {w:2d} workers: {out[f"{path}, {w} workers"]:8.1f} img/s', flush=True)
             del dl
-    out.update(bench_fastai_loader(cfg, device, paths))
-    return out
+    rates, first_batch = bench_fastai_loader(cfg, device, paths)
+    return {**out, **rates}, first_batch
 
 
-def bench_fastai_loader(cfg, device, paths:list) -> dict:
-    "The end-to-end section's loader alone (`unlabeled_dls`: fastai's item pipeline, decode, collate), images/s per worker count."
+def bench_fastai_loader(cfg, device, paths:list) -> tuple[dict, dict]:
+    """The end-to-end section's loader alone (`unlabeled_dls`: fastai's item pipeline, decode, collate), images/s per
+    worker count, and with workers the time to an epoch's first batch: fastai's loader (workers started anew at
+    every epoch) against `persistent_workers=True` (`fundus_ssl.data.PersistentDL`: started once)."""
     import pandas as pd
     from fundus_ssl.pretrain import unlabeled_dls
-    n_rows = 32 * cfg['data_bs']       # 32 batches a pass: fastai starts its workers at every pass (epoch), as in training
+    n_rows = 32 * cfg['data_bs']       # 32 batches a pass (epoch), as in training
     df = pd.DataFrame(dict(image=(paths * (n_rows // len(paths) + 1))[:n_rows], split='train'))
-    out = {}
+    out, first_batch = {}, {}
     for w in cfg['workers']:
-        dl = unlabeled_dls(df, size=cfg['data_size'], bs=cfg['data_bs'], num_workers=w, fov_crop=False, valid_pct=0.05, device=device).train
-        for _ in dl: pass                                # worker start-up, page cache
-        t0, n = time.perf_counter(), 0
-        for b in dl: n += len(b[0])
-        sync(device)
-        out[f'unlabeled_dls, {w} workers'] = n / (time.perf_counter() - t0)
-        print(f'  {"unlabeled_dls":22s} {w:2d} workers: {out[f"unlabeled_dls, {w} workers"]:8.1f} img/s', flush=True)
-    return out
+        for kept in ((False, True) if w else (False,)):
+            dl = unlabeled_dls(df, size=cfg['data_size'], bs=cfg['data_bs'], num_workers=w, persistent_workers=kept,
+                               fov_crop=False, valid_pct=0.05, device=device).train
+            for _ in dl: pass                            # worker start-up, page cache
+            t0, n, first = time.perf_counter(), 0, []
+            for _ in range(2):
+                t1 = time.perf_counter()
+                for i, b in enumerate(dl):
+                    if i == 0: first.append(time.perf_counter() - t1)
+                    n += len(b[0])
+            sync(device)
+            name = f'unlabeled_dls, {w} workers' + (', kept' if kept else '')
+            out[name] = n / (time.perf_counter() - t0)
+            if w: first_batch[name] = 1e3 * statistics.mean(first)
+            print(f'  {"unlabeled_dls" + (" (kept)" if kept else ""):22s} {w:2d} workers: {out[name]:8.1f} img/s'
+                  + (f', first batch of an epoch after {first_batch[name]:.0f} ms' if w else ''), flush=True)
+            if kept: dl.shutdown_workers()
+            del dl
+    return out, first_batch
 
 
 # ---------------------------------------------------------------- segmentation
@@ -493,6 +508,9 @@ def print_tables(r:dict):
     if 'data' in r:
         print(f"\nData pipeline, cached {cfg['data_size']} px JPEGs -> two {cfg['view_size']} px views, batch {cfg['data_bs']}\n\n| path, workers | img/s |\n|---|---|")
         for n, v in r['data'].items(): print(f'| {n} | {v:.1f} |')
+        print('\nEpoch start, `unlabeled_dls`: ms from `iter` to the first batch (fastai starts workers at every epoch; kept: once)\n\n'
+              '| loader, workers | ms |\n|---|---|')
+        for n, v in r['epoch_start_ms'].items(): print(f'| {n} | {v:.0f} |')
     if 'segmentation' in r:
         s = r['segmentation']
         print(f"\nSliding window: U-Net ({s['encoder']}) on {s['image'][1]}x{s['image'][0]}, window {s['window']}, overlap {s['overlap']}: "
@@ -511,7 +529,7 @@ def run_sections(cfg, device, skip:list, cpu_time:bool) -> dict:
         if 'data' not in skip or e2e:
             paths, r['cache'] = cached_jpegs(cfg, Path(tmp))
             print(f"cache: {r['cache']}")
-        if 'data' not in skip: print('data pipeline:'); r['data'] = bench_data(cfg, device, paths)
+        if 'data' not in skip: print('data pipeline:'); r['data'], r['epoch_start_ms'] = bench_data(cfg, device, paths)
         if 'seg' not in skip: print('sliding window:'); r['segmentation'] = bench_segmentation(cfg, device)
         if e2e: print('end to end:'); r['end_to_end'] = bench_end_to_end(cfg, device, paths)
     return r

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 RUN = Path(__file__).parents[1]/'bench'/'run.py'
-SECTIONS = dict(gpu=('steps', 'switches', 'data', 'segmentation', 'end_to_end'), cpu=('steps',))
+SECTIONS = dict(gpu=('steps', 'switches', 'data', 'epoch_start_ms', 'segmentation', 'end_to_end'), cpu=('steps',))
 SKIP = dict(gpu=[], cpu=['switches', 'data', 'seg'])
 NOT_ON_CPU = {'gpu_busy_share', 'peak_bf16_tflops', 'bound_images_s', 'fraction_of_bound'}   # None without a GPU
 

@@ -77,3 +77,17 @@ def test_moco_fast_path_same_losses(dls):
     learn, bf16 = _moco_losses(dls, True)
     assert learn.mixed_precision is not None and bool(torch.isfinite(bf16).all())
     assert (bf16 - plain).abs().max() < 0.5            # same run in bfloat16: close, not equal
+
+
+def test_kept_workers_train_as_the_main_process(dls):
+    "fast_path keeps loader workers between epochs; MoCo's losses are those of a loader without workers, epoch after epoch."
+    df = dls.train.items                                  # the same rows, loaded by one worker process
+    with_worker = unlabeled_dls(df.assign(split='train'), size=64, bs=16, num_workers=1, valid_pct=0.2)
+    _, main = _moco_losses(unlabeled_dls(df.assign(split='train'), size=64, bs=16, valid_pct=0.2), True, bf16=False)
+    learn, kept = _moco_losses(with_worker, True, bf16=False)
+    torch.testing.assert_close(kept, main)
+    pids = lambda: [w.pid for w in with_worker.train.__dict__['_workers'][1]._iterator._workers]
+    before = pids()
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 3e-3)
+    assert type(with_worker.train).__name__ == 'PersistentTfmdDL' and pids() == before and len(before) == 1
+    with_worker.train.shutdown_workers(); with_worker.valid.shutdown_workers()

@@ -177,8 +177,8 @@ def _ddp_worker(rank, world, init_file, out):
 def test_ddp_loss_and_gradients_equal_one_process(tmp_path):
     "Two processes with half the batch each: the loss of the global batch, and DDP's averaged gradient equals one process's."
     out = tmp_path/'ddp.pth'
-    # fork: the processes inherit the imported modules (a spawned one would import fastai again: many seconds)
-    mp.start_processes(_ddp_worker, args=(2, str(tmp_path/'init'), str(out)), nprocs=2, join=True, start_method='fork')
+    # spawned, not forked: a fork after an earlier test ran torch.compile's backward would refuse to run autograd
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path/'init'), str(out)), nprocs=2, join=True)
     for (loss, grad), (s, m) in zip(torch.load(out, weights_only=True), DDP_SCHEMES):
         ref_loss, ref_grad = _loss_and_grad(*_batch(), s, m)
         torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
