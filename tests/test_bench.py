@@ -62,3 +62,14 @@ def test_end_to_end_on_a_cpu(results):
     if e['device'] == 'CPU':
         assert all(e[k] is None for k in NOT_ON_CPU) and 'no GPU' in e['gpu_busy_share_note']
     assert not {'end_to_end', 'switches', 'data', 'segmentation'} & set(results['cpu'])
+
+
+def test_epoch_start_prints_both_loaders():
+    "bench/epoch_start.py, shrunk: one resident size, one worker, one timed epoch; a row of two positive times."
+    script = RUN.parent/'epoch_start.py'
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    out = subprocess.run([sys.executable, str(script), '--resident-gb', '0', '--workers', '1', '--epochs', '1'], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [l.split('|')[1:-1] for l in out.stdout.splitlines() if l.startswith('| 0 |')]
+    assert len(rows) == 1 and all(float(v) > 0 for v in rows[0][1:]), out.stdout
