@@ -16,3 +16,10 @@ def test_experiment_has_parameters_cell(path):
     cells = json.loads(path.read_text())['cells']
     tagged = [c for c in cells if 'parameters' in c.get('metadata', {}).get('tags', [])]
     assert len(tagged) == 1, f"{path.name}: expected one cell tagged 'parameters', found {len(tagged)}"
+
+@pytest.mark.parametrize('path', NBS, ids=lambda p: p.name)
+def test_description_is_one_line(path):
+    "nbdev 2 makes the module docstring of the first `> ` line alone: a description wrapped over two lines is cut."
+    lines = ''.join(json.loads(path.read_text())['cells'][0]['source']).splitlines()
+    quoted = [i for i, l in enumerate(lines) if l.startswith('>')]
+    assert len(quoted) <= 1, f"{path.name}: the '> ' description spans lines {quoted}; write it on one line"
