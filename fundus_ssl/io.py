@@ -11,9 +11,9 @@ import numpy as np
 from PIL import Image, ImageFile
 
 # %% auto #0
-__all__ = ['REFUGE_LUT', 'MASK_ENCODINGS', 'DRISHTI_RULES', 'ImageReadError', 'read_pil', 'pil_array', 'to_uint8', 'to_rgb',
-           'read_image', 'binary_labels', 'refuge_labels', 'stored_labels', 'read_mask', 'read_drishti_mask',
-           'check_same_size', 'read_lesion_masks']
+__all__ = ['BIT_DEPTHS', 'REFUGE_LUT', 'MASK_ENCODINGS', 'DRISHTI_RULES', 'ImageReadError', 'read_pil', 'pil_array', 'bit_depth',
+           'to_uint8', 'to_rgb', 'read_image', 'binary_labels', 'refuge_labels', 'stored_labels', 'read_mask',
+           'read_drishti_mask', 'check_same_size', 'read_lesion_masks']
 
 # %% ../nbs/01_io.ipynb #2ac067a1
 class ImageReadError(ValueError):
@@ -55,13 +55,26 @@ def pil_array(im:Image.Image,          # a decoded PIL image
     return a
 
 # %% ../nbs/01_io.ipynb #ffda03ca
+BIT_DEPTHS = (8, 10, 12, 14, 16)  # the depths 16-bit files hold: 8-bit values, 10/12/14-bit sensors, full 16-bit
+
+def bit_depth(a:np.ndarray, # uint16 pixels
+             ) -> int:      # one of `BIT_DEPTHS`
+    "The depth the values of `a` use: the smallest of `BIT_DEPTHS` that holds its largest value."
+    hi = int(a.max()) if a.size else 0
+    return next(b for b in BIT_DEPTHS if hi < 2**b)
+
 def to_uint8(a:np.ndarray,   # pixels of any supported depth
              name:str='array', # what `a` is, for error messages
+             bits:int|None=None, # 16-bit data: the depth its values use (None: `bit_depth(a)`)
             ) -> np.ndarray:   # the same pixels as uint8
-    "Scale `a` to uint8: 16-bit keeps the high byte, bool -> 0/255, floats in [0, 1] times 255."
+    "Scale `a` to uint8: 16-bit by the depth its values use (top 8 bits kept), bool -> 0/255, floats in [0, 1] times 255."
     if a.dtype == np.uint8: return a
     if a.dtype == bool: return a.astype(np.uint8) * 255
-    if a.dtype == np.uint16: return (a >> 8).astype(np.uint8)
+    if a.dtype == np.uint16:
+        bits = bit_depth(a) if bits is None else bits
+        if not 8 <= bits <= 16: raise ValueError(f'bits={bits}: expected 8-16 for 16-bit data')
+        if a.size and int(a.max()) >= 2**bits: raise ValueError(f'{name}: values up to {a.max()} do not fit bits={bits}')
+        return (a >> (bits - 8)).astype(np.uint8)
     lo, hi = a.min(), a.max()
     if np.issubdtype(a.dtype, np.floating) and 0 <= lo and hi <= 1: return (a * 255).round().astype(np.uint8)
     if np.issubdtype(a.dtype, np.integer) and 0 <= lo and hi <= 255: return a.astype(np.uint8)
@@ -91,7 +104,7 @@ def _source_array(src, keep_palette:bool=False) -> tuple[np.ndarray, str]:
 
 def read_image(src:str|Path|np.ndarray|Image.Image, # an image file, or pixels to convert
               ) -> np.ndarray:          # (H,W,3) uint8 RGB
-    "Read `src` as uint8 RGB: 16-bit scaled by its high byte, gray replicated, palette expanded, alpha dropped."
+    "Read `src` as uint8 RGB: 16-bit scaled by the depth its values use, gray replicated, palette expanded, alpha dropped."
     a, name = _source_array(src)
     return to_rgb(to_uint8(a, name), name)
 
@@ -115,6 +128,9 @@ def refuge_labels(a:np.ndarray,     # mask pixels, 0 = cup, 128 = rim, 255 = bac
     if a.ndim == 3: a = _color_planes(a).mean(-1).round().astype(np.uint8)
     labels = REFUGE_LUT[a]
     if not (labels == 0).any(): raise ValueError(f'{name}: no background (255) pixel: not a REFUGE 0/128/255 mask')
+    if (labels == 2).any() and not (labels == 1).any():
+        raise ValueError(f'{name}: cup (0) pixels but no disc rim (128): not a REFUGE 0/128/255 mask '
+                         f'(stored values {np.unique(a)[:8].tolist()}; a 0/255 disc mask is the binary encoding)')
     return labels
 
 def stored_labels(a:np.ndarray,     # mask pixels: integer labels, one channel (or equal channels)

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image, ImageFile
 from fundus_ssl.core import fundus_data_root
 from fundus_ssl.io import (ImageReadError, read_pil, read_image, read_mask, read_drishti_mask, read_lesion_masks,
-                           check_same_size, to_uint8)
+                           check_same_size, to_uint8, bit_depth)
 
 RGB = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
 GRAY = RGB[..., 1].copy()
@@ -150,6 +150,20 @@ def test_arrays_pass_through_the_same_rules():
     assert to_uint8(np.array([65535, 255], np.uint16)).tolist() == [255, 0]
 
 
+def test_12_bit_png_is_scaled_by_its_depth(tmp_path):
+    "A 12-bit camera image in a 16-bit PNG (0-4095) reads as the picture, not as 0-15 (black)."
+    png = save(tmp_path/'cam12.png', Image.fromarray((GRAY.astype(np.uint32) * 4095 // 255).astype(np.uint16)))
+    assert Image.open(png).mode.startswith('I') and np.asarray(Image.open(png)).max() <= 4095
+    out = read_image(png)
+    assert np.abs(out[..., 0].astype(int) - GRAY).max() <= 1 and out.max() >= 254
+    np.testing.assert_array_equal(read_image(GRAY.astype(np.uint16) << 4), np.dstack([GRAY] * 3))  # 12-bit array
+    np.testing.assert_array_equal(read_image(GRAY.astype(np.uint16) << 2), np.dstack([GRAY] * 3))  # 10-bit array
+    np.testing.assert_array_equal(read_image(GRAY.astype(np.uint16)), np.dstack([GRAY] * 3))       # 8 bits in 16
+    assert bit_depth(GRAY.astype(np.uint16) << 4) == 12 and bit_depth(GRAY.astype(np.uint16) << 8) == 16
+    mask = save(tmp_path/'mask12.png', Image.fromarray((GRAY > 127).astype(np.uint16) * 4095))   # 0/4095 mask
+    np.testing.assert_array_equal(read_mask(mask), GRAY > 127)
+
+
 # ---------------------------------------------------------------- masks
 def test_binary_threshold_is_robust(tmp_path):
     truth = np.zeros((40, 40), bool); truth[10:30, 12:20] = True
@@ -180,6 +194,9 @@ def test_refuge_encoding(tmp_path):
     with pytest.raises(ValueError, match='g0001.png: no background'):
         read_mask(save(tmp_path/'g0001.png', Image.fromarray(labels)), 'refuge')  # 0/1/2 is not this encoding
     with pytest.raises(ValueError, match="encoding='REFUGE'"): read_mask(bmp, 'REFUGE')
+    disc = save(tmp_path/'n0001.bmp', Image.fromarray((labels > 0).astype(np.uint8) * 255))  # 0/255: the binary encoding
+    with pytest.raises(ValueError, match=r'n0001.bmp: cup \(0\) pixels but no disc rim \(128\)'): read_mask(disc, 'refuge')
+    np.testing.assert_array_equal(read_mask(disc, 'binary'), labels > 0)
 
 
 def test_label_encoding_keeps_values(tmp_path):
@@ -282,3 +299,4 @@ def test_drions_lossy_jpeg_mask():
     assert len(np.unique(raw)) > 2  # lossy: not exactly 0/255
     np.testing.assert_array_equal(mask, raw > 127)
     assert 0.01 < mask.mean() < 0.2
+    with pytest.raises(ValueError, match='no disc rim'): read_mask(root/'groundtruth/image_091.jpg', 'refuge')  # not REFUGE-encoded
