@@ -155,16 +155,25 @@ class ShardedDL(TfmdDL):
         return self.get_local_indices(_broadcast_list(idxs) if is_distributed() else idxs)
     def randomize(self): self.dl.randomize()
     def before_iter(self): self.dl.before_iter()
-    def after_batch(self, b): return self.dl.after_batch(b)
     def after_iter(self): self.dl.after_iter()
     def create_batches(self, samps): return self.dl.create_batches(samps)
+    # the loader's own pipelines, not methods that call them: callbacks read them (e.g. the `Normalize` to undo)
+    after_item = property(lambda self: self.dl.after_item)
+    before_batch = property(lambda self: self.dl.before_batch)
+    after_batch = property(lambda self: self.dl.after_batch)
+
+    def __getattr__(self, k):
+        "Anything else (vocab, n_inp, decode's transforms...) is the sharded loader's."
+        if k.startswith('__') or k == 'it' or 'dl' not in vars(self): raise AttributeError(k)  # `it`: this loader's own iterator
+        return getattr(self.dl, k)
 
 class DDPTrainer(Callback):
     "Train with torch's DistributedDataParallel (any backend, no accelerate): wrap the model and shard the data during `fit`."
     order = 11  # as fastai's DistributedTrainer: after TrainEvalCallback moved the model to its device
     def __init__(self, sync_bn:bool=False,   # convert BatchNorms to SyncBatchNorm (batch statistics over all processes)
+                 mean_loss:bool=True,        # record the loss averaged over the processes: the global batch's
                  **ddp_kwargs):              # passed to DistributedDataParallel, e.g. broadcast_buffers=False
-        self.sync_bn, self.ddp_kwargs = sync_bn, ddp_kwargs
+        self.sync_bn, self.mean_loss, self.ddp_kwargs = sync_bn, mean_loss, ddp_kwargs
 
     def before_fit(self):
         self.active = is_distributed()
@@ -175,6 +184,13 @@ class DDPTrainer(Callback):
         self.old_loaders = list(self.dls.loaders)
         self.learn.dls.loaders = [ShardedDL(dl) for dl in self.old_loaders]
         if rank() > 0: self.learn.logger = noop
+
+    def after_loss(self):
+        "The recorded loss (`learn.loss`, not the one differentiated): the mean over processes, one all-reduce of a scalar."
+        if not (self.active and self.mean_loss): return
+        loss = self.learn.loss.detach().clone()
+        dist.all_reduce(loss)
+        self.learn.loss = loss / world_size()
 
     def after_fit(self):
         if not self.active: return
