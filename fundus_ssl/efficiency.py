@@ -96,9 +96,9 @@ def label_efficiency(inits:dict,              # name -> initialisation (see `mak
             dls = make_dls(sub)
             key = dict(fraction=fraction, n_labels=int((sub['split'] == 'train').sum()), seed=seed, protocol=name)
             for init, enc in encoders.items():
-                t0 = time.time()
+                t0 = time.perf_counter()
                 res = run(enc, dls, **({'seed': seed} if takes_seed else {}), **kwargs)
-                rows.append(dict(init=init, **key, **_scalars(res), seconds=round(time.time() - t0, 2)))
+                rows.append(dict(init=init, **key, **_scalars(res), seconds=round(time.perf_counter() - t0, 2)))
                 curves += [dict(init=init, **key, **h) for h in res.get('history', [])]
                 if verbose: print(f"{init:>12} fraction {fraction:<5} seed {seed}: " +
                                   ', '.join(f'{k} {v:.3f}' for k, v in list(_scalars(res).items())[1:4]))

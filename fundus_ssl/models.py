@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_models.ipynb #6a275dbd
 from __future__ import annotations
-import os, pickle
+import difflib, numbers, os, pickle, warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +16,31 @@ from fastcore.foundation import L
 from timm.models import adapt_input_conv, get_pretrained_cfg
 
 # %% auto #0
-__all__ = ['WEIGHT_FILES', 'WRAPPER_KEYS', 'SAFE_GLOBALS', 'WEIGHTS_ENV', 'COMMON_PREFIXES', 'CheckpointError', 'weights_file',
-           'read_state_dict', 'imagenet_weight_paths', 'imagenet_weights', 'WeightsReport', 'strip_prefixes',
-           'load_encoder_weights', 'Encoder', 'create_encoder', 'export_encoder', 'encoder_stages', 'mlp_head']
+__all__ = ['WEIGHT_FILES', 'WRAPPER_KEYS', 'SAFE_GLOBALS', 'WEIGHTS_ENV', 'COMMON_PREFIXES', 'check_positive', 'check_model_name',
+           'CheckpointError', 'weights_file', 'weights_format', 'read_state_dict', 'imagenet_weight_paths',
+           'imagenet_weights', 'WeightsReport', 'strip_prefixes', 'PartialLoadWarning', 'load_encoder_weights',
+           'Encoder', 'create_encoder', 'export_encoder', 'encoder_stages', 'mlp_head']
+
+# %% ../nbs/06_models.ipynb #f6c20e8e
+def check_positive(name:str,           # the parameter's name, as the caller wrote it (e.g. 'bs')
+                   value,              # its value
+                   integer:bool=True,  # an int is expected (a batch size, a side in pixels); False: any real number
+                  ):
+    "`value` when it is a positive int (or positive number); a `ValueError` naming the parameter otherwise."
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
+        raise ValueError(f"{name}={value!r}: expected a positive {'int' if integer else 'number'}")
+    return value
+
+def check_model_name(name:str,         # a timm model name, with or without its pretrained tag ('resnet18.a1_in1k')
+                     param:str='name', # the parameter that holds it, for the message
+                    ) -> str:
+    "`name` when timm knows it; a `ValueError` naming the parameter and the closest timm names otherwise."
+    if not isinstance(name, str): raise TypeError(f'{param}: expected a timm model name (str), got {type(name).__name__}')
+    if timm.is_model(name): return name
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    raise ValueError(f'{param}={name!r}: not a timm model name' + (f" (close: {', '.join(close)})" if close else '')
+                     + f"; timm.list_models('{name.split('_')[0]}*') lists the names")
 
 # %% ../nbs/06_models.ipynb #29ce8135
 WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')  # what a HF-style timm folder holds, in order of preference
@@ -43,24 +65,47 @@ def weights_file(src:str|Path, # a weight file, or a folder holding one of `WEIG
 WRAPPER_KEYS = ('state_dict', 'model')  # where training checkpoints (timm, MoCo, fastai learn.save) keep the weights
 SAFE_GLOBALS = [L]  # classes allowed in pickled checkpoints besides tensors and containers (fastai's optimizer state)
 
+def _refused(e:Exception) -> bool: return 'Weights only load failed' in str(e) or 'WeightsUnpickler' in str(e)
+
 def _torch_load(path:Path) -> dict:
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS): return torch.load(path, map_location='cpu', weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        reason = str(e).split('WeightsUnpickler error:')[-1].strip().splitlines()[0].split('. ')[0]
+    except Exception as e:
+        first = (str(e).split('WeightsUnpickler error:')[-1].strip().splitlines() or [''])[0]
+        if not _refused(e):
+            raise CheckpointError(f'{path}: not a readable torch checkpoint ({type(e).__name__}: {first.split(". ")[0][:200] or "no detail"}); '
+                                  'the file may be truncated or damaged: expected a state dict written by torch.save') from None
         raise CheckpointError(
             f'{path}: not loaded. It is not a plain tensor checkpoint (torch.load with weights_only=True refused it: '
-            f'{reason}). fundus_ssl never unpickles arbitrary objects, so a checkpoint cannot run code. If you trust '
+            f'{first.split(". ")[0]}). fundus_ssl never unpickles arbitrary objects, so a checkpoint cannot run code. If you trust '
             f'the file, load it yourself with weights_only=False and save its state dict with safetensors.') from None
 
 def _natural(key:str) -> list:
     "Sort key putting 'blocks.2' before 'blocks.10'."
     return [(0, int(p), '') if p.isdigit() else (1, 0, p) for p in key.split('.')]
 
+def _is_safetensors(head:bytes) -> bool:
+    "A safetensors file starts with its header's length (8 bytes, little-endian), then the JSON header."
+    return len(head) > 9 and head[8:9] == b'{' and int.from_bytes(head[:8], 'little') < 100_000_000
+
+def weights_format(path:Path, # a weight file
+                  ) -> str:    # 'safetensors' or 'torch'
+    "The format of a weight file from its first bytes; a `CheckpointError` naming it when empty or holding something else."
+    with open(path, 'rb') as f: head = f.read(64)
+    if not head: raise CheckpointError(f'{path}: empty file (0 bytes): expected a .safetensors file or a torch state dict (.pth/.bin/.pt)')
+    if _is_safetensors(head): return 'safetensors'
+    if head.startswith((b'PK\x03\x04', b'\x80')): return 'torch'  # torch.save's zip archive, or a legacy pickle
+    text = head.decode('utf-8', 'replace')
+    what = 'text' if all(c.isprintable() or c.isspace() for c in text) else 'other data'
+    if path.suffix == '.safetensors': what += ' (not a safetensors header)'
+    raise CheckpointError(f'{path}: not a weight file: it holds {what} starting {head[:24]!r}; expected a .safetensors '
+                          'file or a torch state dict (.pth/.bin/.pt, the zip archive torch.save writes)')
+
 def _read_file(path:Path) -> dict:
-    if path.suffix != '.safetensors': return _torch_load(path)
+    "The content of a weight file, read by its format (not its name): safetensors, or torch without arbitrary unpickling."
+    if weights_format(path) == 'torch': return _torch_load(path)
     try: sd = load_file(path)
-    except Exception as e: raise CheckpointError(f'{path}: not a readable safetensors file ({e})') from None
+    except Exception as e: raise CheckpointError(f'{path}: not a readable safetensors file ({e}); the file may be truncated or damaged') from None
     return dict(sorted(sd.items(), key=lambda kv: _natural(kv[0])))  # safetensors stores keys sorted as text
 
 def _unwrap(ckpt, where:str) -> dict[str, Tensor]:
@@ -159,6 +204,17 @@ class WeightsReport:
     adapted:list = field(default_factory=list)    # first-conv weights adapted to the target's input channels
     by:str = 'name'                               # how keys were paired: 'name' or 'structure'
     stripped:list = field(default_factory=list)   # source prefixes removed
+
+    @property
+    def n_target(self) -> int:
+        "The target's tensors: matched, missing and mismatched."
+        return len(self.matched) + len(self.missing) + len(self.mismatched)
+
+    @property
+    def counts(self) -> str:
+        "One line: how many of the target's tensors loaded, and what was left."
+        return (f'{len(self.matched)} of {self.n_target} tensors of {self.target} loaded from {self.source}: '
+                f'{len(self.missing)} missing, {len(self.mismatched)} of another shape, {len(self.unexpected)} unexpected')
 
     @property
     def ok(self) -> bool:
@@ -279,14 +335,20 @@ def _best_module(model:nn.Module, src:dict, tgt_sd:dict) -> str:
     names = [n for n, m in model.named_modules() if next(m.parameters(), None) is not None]
     return max(names, key=score)  # `max` keeps the first of equal scores: the outermost module
 
+class PartialLoadWarning(UserWarning):
+    "Weights that filled only part of the target encoder."
+
 def load_encoder_weights(model:nn.Module, # the target: a timm model, an `Encoder`, a fastai body, a `DynamicUnet`...
                          src:str|Path|dict|nn.Module, # weight file or folder, state dict, or module holding the encoder
                          prefix:str|None=None, # select source keys under this prefix, e.g. 'layers.0.' (see `strip_prefixes`)
                          module:str|None=None, # the submodule of `model` that is the encoder ('' the whole model); None: found
                          strict:bool=False, # raise (and load nothing) unless every key of the target encoder is filled
+                         min_loaded:float=0.5, # raise (and load nothing) when a smaller share of the target's tensors would load; 0: never
                         ) -> WeightsReport:
     "Load an encoder's weights into `model` (or its submodule `module`), remapping keys; report what matched."
     if not isinstance(model, nn.Module): raise TypeError(f'model must be an nn.Module (for a Learner pass learn.model), got {type(model).__name__}')
+    if isinstance(min_loaded, bool) or not isinstance(min_loaded, numbers.Real) or not 0 <= min_loaded <= 1:
+        raise ValueError(f'min_loaded={min_loaded!r}: expected a share of the target tensors in [0, 1]')
     source = _source_name(src)
     tgt_sd = model.state_dict()
     sd, names, dropped, stripped = strip_prefixes(read_state_dict(src), prefix, keep=tgt_sd)
@@ -296,6 +358,10 @@ def load_encoder_weights(model:nn.Module, # the target: a timm model, an `Encode
                             f'{type(model).__name__}' + (f'.{module}' if module else ''))
     report.unexpected = dropped + report.unexpected; report.stripped = stripped
     if strict and not report.ok: raise ValueError(f'weights do not fill the encoder (strict=True, nothing loaded):\n{report}')
+    if len(report.matched) < min_loaded * report.n_target:
+        raise ValueError(f'only {report.counts}; under min_loaded={min_loaded} of them, nothing was loaded. Another '
+                         f'architecture? Pass min_loaded=0 to load what matches anyway.\n{report}')
+    if not report.ok: warnings.warn(f'partial load: {report.counts} (see the returned report)', PartialLoadWarning, stacklevel=2)
     target.load_state_dict(tensors, strict=False)
     return report
 
@@ -334,6 +400,7 @@ def create_encoder(name:str, # any timm model name, e.g. 'resnet50', 'efficientn
     if pretrained is True:
         raise ValueError("pretrained=True would download from the hub: pass 'imagenet' (local weights found through "
                          f"${WEIGHTS_ENV} or the timm/HF caches) or a weight file or folder")
+    check_model_name(name, "name"); check_positive("in_chans", in_chans)
     encoder = Encoder(timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **timm_kwargs))
     if pretrained:
         path = imagenet_weights(name) if pretrained == 'imagenet' else weights_file(pretrained)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import math, time
 from pathlib import Path
+from typing import Callable
 import numpy as np, pandas as pd, torch, timm
 import torch.nn.functional as F
 from torch import nn, Tensor
@@ -23,15 +24,16 @@ import fastai.callback.schedule  # adds fit_one_cycle to Learner
 from .io import read_image, read_mask
 from .preprocess import fov_mask, green_clahe
 from .data import IMAGENET_STATS
-from .models import (Encoder, create_encoder, encoder_stages, imagenet_weights, load_encoder_weights,
-                               weights_file)
+from .models import (CheckpointError, Encoder, check_model_name, check_positive, create_encoder,
+                               encoder_stages, imagenet_weights, load_encoder_weights, weights_file, weights_format)
 from .metrics import DiceMetric, dice_score, vessel_metrics, disc_cup_metrics
 
 # %% auto #0
-__all__ = ['WINDOW_MODES', 'exported_architecture', 'unet_encoder', 'encoder_body', 'unet_model', 'soft_dice_loss', 'DiceBCELoss',
-           'DiceCELoss', 'segmentation_loss', 'unet_splitter', 'FrozenEncoderEval', 'dice_metrics',
-           'segmentation_learner', 'TimeBudget', 'window_starts', 'window_weights', 'sliding_window', 'green_clahe_rgb',
-           'image_tensor', 'predict_segmentation', 'evaluate_segmentation', 'tune_threshold']
+__all__ = ['WEIGHT_SUFFIXES', 'CLOCKS', 'WINDOW_MODES', 'exported_architecture', 'unet_encoder', 'encoder_body', 'unet_model',
+           'soft_dice_loss', 'DiceBCELoss', 'DiceCELoss', 'segmentation_loss', 'unet_splitter', 'FrozenEncoderEval',
+           'dice_metrics', 'segmentation_learner', 'resolve_clock', 'StepClock', 'TimeBudget', 'window_starts',
+           'window_weights', 'sliding_window', 'green_clahe_rgb', 'image_tensor', 'predict_segmentation',
+           'evaluate_segmentation', 'tune_threshold']
 
 # %% ../nbs/22_segmentation.ipynb #e3941329
 def exported_architecture(path:str|Path, # a safetensors file written by `export_encoder` (or a folder holding one)
@@ -39,14 +41,23 @@ def exported_architecture(path:str|Path, # a safetensors file written by `export
     "The timm architecture `export_encoder` recorded in an exported encoder file."
     path = weights_file(path)
     name = None
-    if path.suffix == '.safetensors':
-        with safe_open(str(path), 'pt') as f: name = (f.metadata() or {}).get('architecture')
+    if weights_format(path) == 'safetensors':
+        try:
+            with safe_open(str(path), 'pt') as f: name = (f.metadata() or {}).get('architecture')
+        except Exception as e: raise CheckpointError(f'{path}: not a readable safetensors file ({e}); the file may be truncated or damaged') from None
     if not name:
         raise ValueError(f'{path} records no architecture (files written by export_encoder do): '
                          f'pass encoder=<timm name> and weights={str(path)!r}')
     return name
 
-def _is_weight_file(src) -> bool: return isinstance(src, Path) or (isinstance(src, str) and not timm.is_model(src))
+WEIGHT_SUFFIXES = ('.safetensors', '.pth', '.pt', '.bin')
+
+def _is_weight_file(src) -> bool:
+    "Whether `encoder` names a weight file (a Path, an existing path, or one that looks like a path) rather than a timm model."
+    if isinstance(src, Path): return True
+    if not isinstance(src, str) or timm.is_model(src): return False
+    if Path(src).expanduser().exists() or '/' in src or src.endswith(WEIGHT_SUFFIXES): return True
+    check_model_name(src, 'encoder')  # neither: a misspelled timm name, said so with the closest names
 
 def unet_encoder(encoder:str|Path|Encoder='resnet18', # timm name, an `Encoder`, or an exported encoder file
                  weights:str|Path|None=None, # None (random, or the Encoder's own), 'imagenet', or a weight file/folder
@@ -54,6 +65,7 @@ def unet_encoder(encoder:str|Path|Encoder='resnet18', # timm name, an `Encoder`,
                  verbose:bool=True,          # print the report of the weights loaded
                 ) -> Encoder:                # with `load_report` (None without weights)
     "The encoder of a U-Net with its weights, loaded strictly, the report printed."
+    check_positive('in_chans', in_chans)
     if isinstance(encoder, Encoder):
         if weights is not None:
             path = imagenet_weights(encoder.name) if weights == 'imagenet' else weights_file(weights)
@@ -199,19 +211,38 @@ def segmentation_learner(dls,                        # segmentation DataLoaders 
     return learn
 
 # %% ../nbs/22_segmentation.ipynb #094eb2a0
+def _cpu_seconds() -> float: return time.process_time() / torch.get_num_threads()
+
+CLOCKS = {'wall': time.perf_counter, 'cpu': _cpu_seconds}  # the clocks `TimeBudget` takes by name
+
+def resolve_clock(clock:str|Callable[[], float], # a name in `CLOCKS`, or a function returning seconds
+                 ) -> Callable[[], float]:
+    "The function reading `clock`."
+    if callable(clock): return clock
+    if clock not in CLOCKS: raise ValueError(f"clock={clock!r}: expected 'wall' or 'cpu', or a function returning seconds")
+    return CLOCKS[clock]
+
+class StepClock:
+    "A fake clock: each reading is `step` seconds after the previous one, starting at `start`."
+    def __init__(self, step:float=1.0,  # seconds between two readings
+                 start:float=0.0):      # the first reading
+        self.step, self.readings, self.start = step, 0, start
+    def __call__(self) -> float:
+        t = self.start + self.readings * self.step
+        self.readings += 1
+        return t
+
 class TimeBudget(Callback):
-    "End training after `seconds`, driving fastai's schedules (one-cycle...) by the fraction of the budget used."
+    "End training after `seconds` of `clock`, driving fastai's schedules (one-cycle...) by the fraction of the budget used."
     order, run_valid = 50, False  # before ParamScheduler (60), which reads `pct_train`
     def __init__(self, seconds:float,   # the training budget
-                 clock:str='wall'):     # 'wall' (perf_counter) or 'cpu' (process CPU time / torch threads)
-        if clock not in ('wall', 'cpu'): raise ValueError(f"clock={clock!r}: expected 'wall' or 'cpu'")
-        store_attr()
-    def _now(self) -> float: return time.perf_counter() if self.clock == 'wall' else time.process_time() / torch.get_num_threads()
-    def before_fit(self): self.start = self._now()
-    @property
-    def elapsed(self) -> float: return self._now() - self.start
+                 clock:str|Callable[[], float]='wall'): # 'wall' (perf_counter), 'cpu' (process CPU time / torch threads) or a function returning seconds
+        check_positive('seconds', seconds, integer=False)
+        self.seconds, self.clock, self._now = seconds, clock, resolve_clock(clock)
+    def before_fit(self): self.start, self.elapsed = self._now(), 0.
     def before_batch(self): self.learn.pct_train = min(self.elapsed / self.seconds, 1.0)
     def after_batch(self):
+        self.elapsed = self._now() - self.start  # the one reading per batch
         if self.elapsed >= self.seconds: raise CancelFitException()
 
 # %% ../nbs/22_segmentation.ipynb #eff10baf
@@ -269,6 +300,8 @@ def sliding_window(model,                   # a module (or callable) mapping [n,
                    pad_value:float=0.,      # value of constant padding
                   ) -> Tensor:              # [B, K, H, W] blended outputs, on the model's device
     "Run `model` on overlapping windows of `x` and blend their outputs with `window_weights`."
+    check_positive('batch_size', batch_size)
+    for side in _pair(window): check_positive('window', side)
     if not 0 <= overlap < 1: raise ValueError(f'overlap={overlap}: expected a fraction in [0, 1)')
     if x.dim() != 4: raise ValueError(f'x: expected images [B, C, H, W], got shape {tuple(x.shape)}')
     (wh, ww), (H, W) = _pair(window), x.shape[-2:]

@@ -18,7 +18,7 @@ from fastai.data.transforms import Categorize, MultiCategorize
 from fastai.learner import Learner, Metric, Recorder
 from fastai.torch_core import params, set_seed
 import fastai.callback.schedule  # adds fine_tune and fit_one_cycle to Learner
-from .models import Encoder, create_encoder
+from .models import Encoder, check_model_name, check_positive, create_encoder
 from .data import AlbumentationsTransform
 from .segmentation import exported_architecture
 from .diagnostics import embed, eval_mode, unaugmented_dl, weighted_knn
@@ -41,6 +41,7 @@ def encoder_from(init:str|Path|Encoder='random', # 'random', 'imagenet', an expo
                 ) -> Encoder:
     "The encoder of an initialisation: random, local ImageNet weights, or an exported (SSL) encoder file."
     if isinstance(init, Encoder): return init
+    check_model_name(arch, 'arch')
     if init is None or init == 'random': return create_encoder(arch, **kwargs)
     if init == 'imagenet': return create_encoder(arch, pretrained='imagenet', **kwargs)
     path = Path(init).expanduser()
@@ -236,6 +237,7 @@ def linear_probe(encoder:nn.Module,   # the backbone, frozen (an `Encoder`)
                  metric_kwargs:dict|None=None, # `task_metrics` options (`specificity`, `min_grade`)
                 ) -> dict:            # metrics, `history` (one row per epoch), `protocol`, `task`
     "Linear evaluation: a linear head trained on precomputed features of the frozen backbone (eval mode)."
+    check_positive('epochs', epochs); check_positive('bs', bs)
     task, n_outs = task_outputs(dls, task)
     mkw = metric_kwargs or {}
     before = state_snapshot(encoder)
@@ -273,6 +275,7 @@ def knn_probe(encoder:nn.Module,     # the backbone, frozen (an `Encoder`)
               metric_kwargs:dict|None=None, # `task_metrics` options (`specificity`, `min_grade`)
              ) -> dict:              # metrics (accuracy among them), `k`, `protocol`, `task`
     "Weighted kNN evaluation of the frozen backbone's features (training images as the bank)."
+    check_positive('k', k)
     task, n_outs = task_outputs(dls, task)
     if task not in ('binary', 'multiclass', 'grade'): raise ValueError(f'knn_probe: a single-label task is needed, got {task!r}')
     before = state_snapshot(encoder)
@@ -369,6 +372,8 @@ def fine_tune(encoder:nn.Module,     # the backbone (copied: the caller's is not
               **kwargs,              # `transfer_learner` / `Learner` arguments (`dropout`, `wd`, `opt_func`, `cbs`...)
              ) -> dict|tuple:        # metrics, `history` (per epoch), `protocol`, `task`; (metrics, learn) if return_learner
     "Full fine-tuning with fastai's `fine_tune`: head first, then everything with discriminative learning rates."
+    check_positive('epochs', epochs)
+    if freeze_epochs != 0: check_positive('freeze_epochs', freeze_epochs)  # 0: no head-only epochs
     if seed is not None: set_seed(seed, reproducible=True); seed_dls(dls, seed)
     learn = transfer_learner(encoder, dls, task, metric_kwargs=metric_kwargs, **kwargs)
     with (nullcontext() if show else learn.no_bar()), (nullcontext() if show else learn.no_logging()):

@@ -14,27 +14,44 @@ def eyepacs(tmp_path_factory):
     return read_eyepacs(write_eyepacs_like(tmp_path_factory.mktemp('data')/'EyePACS', n_patients=30, size=192, seed=1))
 
 
+def wait_for(path, proc, hang=600):
+    "Wait until `path` exists; fail if `proc` exits first. `hang` only guards against a hung child (the wait is"
+    "normally a few seconds; 600 s is far beyond any load), it is not a timing assertion."
+    deadline = time.monotonic() + hang
+    while not path.exists():
+        if proc.poll() is not None: pytest.fail(f'the child exited ({proc.returncode}) before {path.name} appeared')
+        if time.monotonic() > deadline: pytest.fail(f'{path.name} did not appear in {hang} s: the child hangs')
+        time.sleep(0.02)
+
+
 def test_killed_run_resumes(eyepacs, tmp_path):
     "SIGKILL a run midway: complete copies are kept, the next run makes only the rest, every copy decodes."
     eyepacs.to_pickle(tmp_path/'df.pkl')
-    cache = tmp_path/'cache'
+    cache, ready = tmp_path/'cache', tmp_path/'ready'
+    # The 11th copy stops halfway (a .part written) and waits to be killed: the kill lands after exactly 10
+    # copies however fast or busy the machine is (no race between the copies and the kill).
     script = textwrap.dedent(f'''
         import pandas as pd, time
+        from pathlib import Path
         import fundus_ssl.cache as c
-        slow = c.cache_image
-        def cache_image(*a):           # slow each copy down so that the kill lands midway
-            time.sleep(0.05); return slow(*a)
+        slow, calls = c.cache_image, []
+        def cache_image(source, dest, *a):
+            calls.append(source)
+            if len(calls) == 11:
+                Path(str(dest) + '.part').write_bytes(b'half a JPEG')
+                Path({str(ready)!r}).touch()
+                time.sleep(3600)
+            return slow(source, dest, *a)
         c.cache_image = cache_image
         c.build_cache(pd.read_pickle({str(tmp_path/"df.pkl")!r}), {str(cache)!r}, size=96, progress=False)
     ''')
     proc = subprocess.Popen([sys.executable, '-c', script])
-    manifest = cache/'manifest.csv'
-    deadline = time.time() + 50
-    while time.time() < deadline and (not manifest.exists() or len(manifest.read_text().splitlines()) < 11): time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL); proc.wait()
+    try: wait_for(ready, proc)
+    finally: proc.kill(); proc.wait()
+    assert len(list((cache/'images').glob('*.part'))) == 1
     done = len(read_manifest(cache))
-    assert 10 <= done < len(eyepacs), f'the kill should land midway, {done} of {len(eyepacs)} done'
-    with open(manifest, 'a') as f: f.write('/half/written/row.jpeg,123')   # a row cut short by the kill
+    assert done == 10, f'the kill should land after 10 copies, {done} of {len(eyepacs)} done'
+    with open(cache/'manifest.csv', 'a') as f: f.write('/half/written/row.jpeg,123')   # a row cut short by the kill
     out = build_cache(eyepacs, cache, size=96, progress=False)
     assert out.attrs['cache']['new'] == len(eyepacs) - done and out.attrs['cache']['reused'] == done
     assert not list((cache/'images').glob('*.part'))

@@ -1,5 +1,5 @@
 "Heavier checks of fundus_ssl.models: safe loading, timm/fastai interop, ImageNet look-up, U-Net bodies."
-import argparse, pickle, re, socket
+import argparse, pickle, re, socket, warnings
 from pathlib import Path
 
 import pytest, timm, torch
@@ -11,8 +11,8 @@ from fastai.vision.models.unet import DynamicUnet
 from torch.utils.data import TensorDataset
 from torchvision.models import resnet18 as tv_resnet18
 
-from fundus_ssl.models import (CheckpointError, Encoder, WEIGHTS_ENV, create_encoder, encoder_stages,
-                               export_encoder, imagenet_weights, load_encoder_weights, read_state_dict)
+from fundus_ssl.models import (CheckpointError, Encoder, PartialLoadWarning, WEIGHTS_ENV, check_positive, create_encoder,
+                               encoder_stages, export_encoder, imagenet_weights, load_encoder_weights, read_state_dict)
 
 torch.set_num_threads(1)
 X = torch.randn(2, 3, 64, 64)
@@ -92,6 +92,51 @@ def test_corrupt_files_named(tmp_path):
         with pytest.raises(CheckpointError, match=f): read_state_dict(tmp_path/f)
     torch.save([torch.zeros(1)], tmp_path/'list.pth')
     with pytest.raises(CheckpointError, match='expected a dict of tensors'): read_state_dict(tmp_path/'list.pth')
+
+
+def not_weights(tmp_path):
+    "Files a user may pass by mistake: (file, what the error must say)."
+    tmp_path.mkdir(exist_ok=True)
+    torch.save(timm.create_model('resnet18', num_classes=0).state_dict(), tmp_path/'whole.pth')
+    cases = {'empty.pth': (b'', 'empty file (0 bytes)'), 'empty.safetensors': (b'', 'empty file (0 bytes)'),
+             'empty.bin': (b'', 'empty file (0 bytes)'),
+             'readme.pth': (b'These are the weights of our best run.\n', 'not a weight file: it holds text'),
+             'page.safetensors': (b'<!DOCTYPE html><html>404</html>', 'not a weight file: it holds text (not a safetensors header)'),
+             'cut.pth': ((tmp_path/'whole.pth').read_bytes()[:4096], 'not a readable torch checkpoint')}
+    for name, (content, _) in cases.items(): (tmp_path/name).write_bytes(content)
+    return {tmp_path/name: msg for name, (_, msg) in cases.items()}
+
+
+@pytest.mark.parametrize('reader', ['read_state_dict', 'load_encoder_weights', 'create_encoder', 'export_encoder'])
+def test_files_without_weights_named(tmp_path, reader):
+    "Empty, text and truncated files: a CheckpointError naming the file and what it holds (was IndexError, KeyError: 101)."
+    calls = {'read_state_dict': lambda p: read_state_dict(p),
+             'load_encoder_weights': lambda p: load_encoder_weights(timm.create_model('resnet18', num_classes=0), p),
+             'create_encoder': lambda p: create_encoder('resnet18', pretrained=p),
+             'export_encoder': lambda p: export_encoder(p, tmp_path/'out.safetensors', name='resnet18')}
+    for path, msg in not_weights(tmp_path/'files').items():
+        with pytest.raises(CheckpointError, match=re.escape(f'{path}: {msg}')): calls[reader](path)
+
+
+def test_safetensors_content_under_another_name(tmp_path, r18):
+    enc, path = r18
+    (tmp_path/'pytorch_model.bin').write_bytes(path.read_bytes())   # a hub folder with a mislabelled file
+    assert same_weights(read_state_dict(tmp_path), enc.model.state_dict())
+
+
+# --- parameters -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('bad', [0, -1, 0.5, 2.0, '8', None, True, float('nan')])
+def test_check_positive(bad):
+    with pytest.raises(ValueError, match=re.escape(f'bs={bad!r}: expected a positive int')): check_positive('bs', bad)
+    assert check_positive('bs', 8) == 8 and check_positive('lr', 0.5, integer=False) == 0.5
+
+
+def test_unknown_timm_name():
+    with pytest.raises(ValueError, match=r"name='resnet_nope': not a timm model name.*list_models\('resnet\*'\)"):
+        create_encoder('resnet_nope')
+    with pytest.raises(ValueError, match=r"close: .*convnext_tiny"): create_encoder('convnext_tinny')
+    with pytest.raises(ValueError, match='in_chans=0: expected a positive int'): create_encoder('resnet18', in_chans=0)
 
 
 # --- export: the plain timm state dict ------------------------------------------------------------
@@ -256,6 +301,36 @@ def test_shape_mismatch_reported_and_strict_loads_nothing(r18):
 def test_strict_pretrained_of_other_architecture(r18):
     _, path = r18
     with pytest.raises(ValueError, match='strict=True, nothing loaded'): create_encoder('resnet34', pretrained=path)
+
+
+def test_other_architecture_warns_with_counts(r18):
+    "resnet18 weights fill 120 of resnet34's 216 tensors: loaded, with a warning that gives the counts."
+    _, path = r18
+    m = timm.create_model('resnet34', num_classes=0)
+    with pytest.warns(PartialLoadWarning, match=re.escape(f'120 of 216 tensors of ResNet loaded from {path}: 96 missing, '
+                                                          '0 of another shape, 0 unexpected')):
+        report = load_encoder_weights(m, path)
+    assert len(report.matched) == 120 and report.n_target == 216
+
+
+def test_under_half_loaded_refused(r18):
+    "resnet18 weights into a resnet50 (97 of 318 tensors fit): refused, nothing loaded, unless min_loaded says otherwise."
+    _, path = r18
+    m = timm.create_model('resnet50', num_classes=0)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match=r'only 97 of 318 tensors .* 198 missing, 23 of another shape, 0 unexpected; under min_loaded=0.5 of them, nothing was loaded'):
+        load_encoder_weights(m, path)
+    assert same_weights(before, m.state_dict())
+    with pytest.warns(PartialLoadWarning): report = load_encoder_weights(m, path, min_loaded=0)
+    assert len(report.matched) == 97
+    with pytest.raises(ValueError, match='min_loaded=1.5: expected a share'): load_encoder_weights(m, path, min_loaded=1.5)
+
+
+def test_complete_load_is_silent(r18):
+    _, path = r18
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert load_encoder_weights(timm.create_model('resnet18', num_classes=0), path).ok
 
 
 def test_encoder_rejects_head():

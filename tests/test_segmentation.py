@@ -1,18 +1,19 @@
 "Heavier checks of fundus_ssl.segmentation: sliding windows, U-Net shapes, losses, a short training, real DRIVE."
-import math
+import math, re, time
 
 import numpy as np
 import pytest, torch
 import torch.nn.functional as F
 from torch import nn
+from fastai.callback.schedule import combined_cos
 
 from fundus_ssl.core import fundus_data_root
 from fundus_ssl.data import segmentation_dls
 from fundus_ssl.datasets import read_drive
 from fundus_ssl.io import read_mask
 from fundus_ssl.models import create_encoder, export_encoder
-from fundus_ssl.segmentation import (DiceBCELoss, DiceCELoss, TimeBudget, evaluate_segmentation, predict_segmentation,
-                                     segmentation_learner, sliding_window, soft_dice_loss, unet_model, window_starts,
+from fundus_ssl.segmentation import (DiceBCELoss, DiceCELoss, StepClock, TimeBudget, evaluate_segmentation, predict_segmentation,
+                                     resolve_clock, segmentation_learner, sliding_window, soft_dice_loss, unet_model, window_starts,
                                      window_weights)
 from fundus_ssl.synthetic import write_drive_like
 
@@ -123,6 +124,19 @@ def test_unet_loads_exported_ssl_encoder_and_reports(tmp_path, capsys):
     assert torch.equal(body.bn1.running_mean, src.model.bn1.running_mean)
 
 
+def test_bad_encoder_and_sizes_named(tmp_path):
+    "A misspelled timm name is not taken for a missing weight file; sizes and counts are checked before any work."
+    with pytest.raises(ValueError, match=r"encoder='resnet_nope': not a timm model name"): unet_model('resnet_nope')
+    with pytest.raises(FileNotFoundError, match='nope.safetensors not found'): unet_model(str(tmp_path/'nope.safetensors'))
+    (tmp_path/'empty.safetensors').touch()
+    with pytest.raises(ValueError, match=r'empty.safetensors: empty file \(0 bytes\)'): unet_model(tmp_path/'empty.safetensors')
+    with pytest.raises(ValueError, match='in_chans=0: expected a positive int'): unet_model('resnet18', in_chans=0)
+    x, model = torch.rand(1, 3, 16, 16), copy_channel(1)
+    for kw, msg in [(dict(batch_size=0), 'batch_size=0'), (dict(batch_size=-2), 'batch_size=-2'), (dict(window=0), 'window=0'),
+                    (dict(window=(16, 0)), 'window=0'), (dict(window=8.5), 'window=8.5')]:
+        with pytest.raises(ValueError, match=re.escape(msg) + ': expected a positive int'): sliding_window(model, x, **kw)
+
+
 # --- losses ------------------------------------------------------------------------------------------
 
 def test_dice_bce_against_hand_computation():
@@ -172,12 +186,24 @@ def test_short_training_raises_dice(drive_like):
 
 
 def test_time_budget_stops_training(drive_like):
+    "A fake clock advancing 0.25 s per batch: the same 30 batches and the whole one-cycle schedule on any machine."
     dls = segmentation_dls(drive_like, codes=['background', 'vessel'], size=32, bs=4, valid_split='test')  # resized: fast
     learn = segmentation_learner(dls, 'resnet18', depth=2, verbose=False)
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(10_000, 1e-3, cbs=TimeBudget(1.5))
-    assert learn.epoch < 9_999
+    clock = StepClock(0.25, start=1000.)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(10_000, 1e-3, cbs=TimeBudget(7.5, clock))
+    assert learn.epoch < 9_999 and clock.readings == 31  # the start, then one reading per batch
     lrs = learn.recorder.lrs
+    assert len(lrs) == 30
+    one_cycle = combined_cos(0.25, 1e-3 / 25, 1e-3, 1e-3 / 1e5)
+    np.testing.assert_allclose(lrs, [one_cycle(i / 30) for i in range(30)], rtol=1e-6)
     assert max(lrs) > 5 * lrs[0] and max(lrs) > 2 * lrs[-1]  # warm-up then annealing within the budget
+
+
+def test_time_budget_clocks():
+    assert resolve_clock('wall') is time.perf_counter and resolve_clock(len) is len
+    for bad, msg in [(dict(seconds=0), 'seconds=0: expected a positive'), (dict(seconds=-1.), 'seconds=-1.0'),
+                     (dict(seconds='60'), "seconds='60'"), (dict(seconds=1, clock='gpu'), "clock='gpu': expected 'wall' or 'cpu'")]:
+        with pytest.raises(ValueError, match=msg): TimeBudget(**bad)
 
 
 # --- real DRIVE ---------------------------------------------------------------------------------------

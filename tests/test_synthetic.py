@@ -1,11 +1,14 @@
-"fundus_ssl.synthetic: determinism, label logic, exact masks, mirrored anatomy, speed, and the on-disk layouts (checked against the real datasets when FUNDUS_DATA is set)."
-import csv, time
+"fundus_ssl.synthetic: determinism, label logic, exact masks, mirrored anatomy, speed (with FUNDUS_TIMING=1), and the on-disk layouts (checked against the real datasets when FUNDUS_DATA is set)."
+import csv, os, time
 from pathlib import Path
 import numpy as np, pytest, cv2
 from PIL import Image
 from fundus_ssl.core import fundus_data_root
 from fundus_ssl.synthetic import *
 from fundus_ssl.synthetic import vessel_tree, _geometry
+
+# Speed is measured only when asked (FUNDUS_TIMING=1): no test of the suite may depend on how fast or busy the machine is.
+timing = pytest.mark.skipif(not os.environ.get('FUNDUS_TIMING'), reason='measures speed: set FUNDUS_TIMING=1 to run it')
 
 SEEDS = range(24)
 
@@ -166,6 +169,7 @@ def test_bad_arguments_are_named():
                     (dict(cdr=0.95), 'cdr must be'), (dict(amd=2), 'amd must be'), (dict(size=32), 'size must be')):
         with pytest.raises(ValueError, match=msg): make_fundus(0, **kw)
 
+@timing
 def test_speed():
     "Far above what the notebook's figure needs; a 4x margin under the >= 100 images/s target for loaded CI machines."
     for s in range(5): make_fundus(s)
@@ -184,10 +188,14 @@ def test_ground_truth_round_trip(tmp_path):
     assert gt['labels'] == ex['labels'] and gt['geometry']['disc_diameter'] == pytest.approx(ex['geometry']['disc_diameter'])
     with pytest.raises(FileNotFoundError, match='nope.npz'): load_ground_truth(tmp_path / 'nope.npz')
 
-def test_drive_like_names_formats_and_speed(tmp_path):
+@timing
+def test_drive_like_speed(tmp_path):
     t = time.perf_counter()
-    root = write_drive_like(tmp_path / 'DRIVE')
+    write_drive_like(tmp_path / 'DRIVE')
     assert time.perf_counter() - t < 20                                    # 1-2 s on an idle core
+
+def test_drive_like_names_formats(tmp_path):
+    root = write_drive_like(tmp_path / 'DRIVE')
     expect = sorted([f'training/{d}/{i}_{s}' for i in range(21, 41) for d, s in
                      (('images', 'training.tif'), ('1st_manual', 'manual1.gif'), ('mask', 'training_mask.gif'))] +
                     [f'test/{d}/{i:02d}_{s}' for i in range(1, 21) for d, s in

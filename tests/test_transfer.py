@@ -32,6 +32,19 @@ def test_plain_weight_file_uses_arch(tmp_path):
         encoder_from(tmp_path/'nope.pth')
 
 
+def test_bad_parameters_named_before_any_work(eyepacs, monkeypatch):
+    "bs, epochs, k and the timm name are checked before a feature is computed (was a late, unnamed error)."
+    import fundus_ssl.transfer as tr
+    def no_features(*a, **k): raise AssertionError('features computed before the parameters were checked')
+    monkeypatch.setattr(tr, 'frozen_features', no_features)
+    dls, enc = classification_dls(eyepacs, 'referable', size=32, bs=8), create_encoder('test_resnet')
+    for call, msg in [(lambda: linear_probe(enc, dls, bs=0), 'bs=0'), (lambda: linear_probe(enc, dls, bs=-8), 'bs=-8'),
+                      (lambda: linear_probe(enc, dls, epochs=0), 'epochs=0'), (lambda: knn_probe(enc, dls, k=0), 'k=0'),
+                      (lambda: fine_tune(enc, dls, epochs=0), 'epochs=0'), (lambda: fine_tune(enc, dls, freeze_epochs=-1), 'freeze_epochs=-1')]:
+        with pytest.raises(ValueError, match=f'{msg}: expected a positive int'): call()
+    with pytest.raises(ValueError, match="arch='resnet_nope': not a timm model name"): encoder_from('random', 'resnet_nope')
+
+
 def test_grade_probe_same_for_exported_encoder(eyepacs, tmp_path):
     dls = classification_dls(eyepacs, 'dr_grade', size=64, bs=16, vocab=range(5))
     enc = create_encoder('test_resnet')
