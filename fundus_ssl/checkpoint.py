@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_checkpoint.ipynb #46bcba16
 from __future__ import annotations
-import json, os, pickle, random, re
+import hashlib, json, math, os, pickle, random, re, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -16,12 +16,14 @@ from fastai.callback.core import Callback, CancelEpochException
 from fastai.callback.schedule import ParamScheduler
 from fastai.torch_core import get_model, to_device
 from .models import CheckpointError
+from .distributed import _broadcast_list
 
 # %% auto #0
 __all__ = ['SCHEDULE_POINTS', 'python_rng_state', 'set_python_rng_state', 'global_rng_state', 'set_global_rng_state',
-           'dataloader_rngs', 'run_generators', 'ResumeError', 'weights_only_safe', 'save_checkpoint',
-           'read_checkpoint', 'run_state', 'restore_run_state', 'run_signature', 'signature_differences',
-           'checkpoint_name', 'checkpoints', 'latest_checkpoint', 'SaveState']
+           'dataloader_rngs', 'run_generators', 'ResumeError', 'CheckpointWarning', 'weights_only_safe',
+           'save_checkpoint', 'verify_checkpoint', 'read_checkpoint', 'recorder_state', 'restore_recorder', 'run_state',
+           'restore_run_state', 'run_signature', 'signature_differences', 'checkpoint_name', 'checkpoints',
+           'latest_checkpoint', 'SaveState', 'write_json']
 
 # %% ../nbs/15_checkpoint.ipynb #d3e95994
 def python_rng_state(r:random.Random|None=None, # a generator; None: Python's global `random`
@@ -89,12 +91,16 @@ def run_generators(learn) -> dict: # name -> torch.Generator
 class ResumeError(CheckpointError):
     "A checkpoint that cannot continue this run: written by a run with other settings, or incomplete."
 
+class CheckpointWarning(UserWarning):
+    "A damaged or unverifiable checkpoint that was skipped or read anyway, or a leftover of an interrupted save that was removed."
+
 def weights_only_safe(o,                   # a (nested) state: dicts, lists, tuples, tensors, numbers, strings
                       where:str='state',   # its name, for errors
                      ):
-    "`o` with fastai `L`s as lists and NumPy values as numbers and tensors, so `torch.load(weights_only=True)` reads it."
+    "`o` with fastai `L`s as lists, NumPy values as numbers and tensors and tensor subclasses as tensors, so `torch.load(weights_only=True)` reads it."
     if isinstance(o, np.generic): return o.item()  # before float: np.float64 is a float subclass torch would pickle
-    if isinstance(o, (Tensor, str, bool, int, float, type(None))): return o
+    if isinstance(o, Tensor): return o if type(o) in (Tensor, nn.Parameter) else o.as_subclass(Tensor)  # fastai's TensorBase is a class torch would pickle
+    if isinstance(o, (str, bool, int, float, type(None))): return o
     if isinstance(o, dict): return {k: weights_only_safe(v, f'{where}[{k!r}]') for k, v in o.items()}
     if isinstance(o, (L, list, tuple)):
         items = [weights_only_safe(v, f'{where}[{i}]') for i, v in enumerate(o)]
@@ -103,16 +109,16 @@ def weights_only_safe(o,                   # a (nested) state: dicts, lists, tup
     raise CheckpointError(f'{where}: a {type(o).__name__} cannot be stored in a weights_only checkpoint '
                           '(expected tensors, numbers, strings and lists/tuples/dicts of them)')
 
-def save_checkpoint(state:dict,     # the state to write (see `weights_only_safe`)
-                    path:str|Path,  # the file
-                   ) -> Path:
-    "Write `state` to `path` atomically: a temporary file in the same folder, flushed to disk, then renamed."
+def _atomic_write(path:str|Path, # the file
+                  write,         # called with the open temporary file (binary, read-write)
+                 ) -> Path:
+    "Write `path` atomically: `write` fills a temporary file in the same folder, which is flushed to disk, then renamed."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     try:
-        with open(tmp, 'wb') as f:
-            torch.save(weights_only_safe(state), f)
+        with open(tmp, 'w+b') as f:
+            write(f)
             f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)
@@ -121,23 +127,92 @@ def save_checkpoint(state:dict,     # the state to write (see `weights_only_safe
     finally: os.close(fd)
     return path
 
+_TAG = b'fundus_ssl.sha256:'
+_TRAILER = len(_TAG) + 64      # the zip comment: the tag and the hex digest
+_EOCD = 22                     # a zip archive ends with this record; its last 2 bytes are the comment's length
+
+def _sha256(f, n:int) -> str:
+    "The hex SHA-256 of the first `n` bytes of the open binary file `f`."
+    f.seek(0); h = hashlib.sha256()
+    while n > 0 and (chunk := f.read(min(n, 1 << 24))): h.update(chunk); n -= len(chunk)
+    return h.hexdigest()
+
+def _save_with_checksum(state:dict, f):
+    "`torch.save` into `f`, then the SHA-256 of the archive as its comment."
+    torch.save(state, f)
+    f.seek(-2, os.SEEK_END)
+    if f.read(2) != bytes(2): raise CheckpointError('torch.save wrote an archive with a comment: no room for the checksum')
+    f.seek(-2, os.SEEK_END); f.write(_TRAILER.to_bytes(2, 'little'))
+    f.write(_TAG + _sha256(f, f.tell()).encode())
+
+def save_checkpoint(state:dict,     # the state to write (see `weights_only_safe`)
+                    path:str|Path,  # the file
+                   ) -> Path:
+    "Write `state` to `path` atomically, with the SHA-256 of the file in it (see `verify_checkpoint`)."
+    state = weights_only_safe(state)
+    return _atomic_write(path, lambda f: _save_with_checksum(state, f))
+
+def verify_checkpoint(path:str|Path, # a checkpoint file
+                     ) -> bool:      # True: its checksum matches; False: it has none (an older file)
+    "Check a checkpoint's bytes against the SHA-256 `save_checkpoint` stored in it, without loading it; `CheckpointError` naming the file if they differ."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f'checkpoint {path} not found')
+    size = path.stat().st_size
+    if size == 0: raise CheckpointError(f'{path}: an empty file (0 bytes), not a checkpoint: its save was interrupted or the file was damaged')
+    with open(path, 'rb') as f:
+        f.seek(max(0, size - _TRAILER - _EOCD)); tail = f.read()
+        eocd = tail.rfind(b'PK\x05\x06')   # ours: the tag, or the archive's end record announcing a comment of our length
+        ours = _TAG[:8] in tail or (eocd >= 0 and tail[eocd + 20:eocd + 22] == _TRAILER.to_bytes(2, 'little'))
+        if not ours: return False
+        stored, actual = tail[-_TRAILER:], _TAG + _sha256(f, size - _TRAILER).encode()
+    if stored != actual:
+        raise CheckpointError(f'{path}: checksum mismatch, the file is damaged (SHA-256 of its {size - _TRAILER} bytes '
+                              f'{actual[len(_TAG):].decode()[:16]}..., stored {stored[len(_TAG):].decode(errors="replace")[:16]}...)')
+    return True
+
 def read_checkpoint(path:str|Path, # a file written by `save_checkpoint`
                    ) -> dict:
-    "Read a checkpoint with `torch.load(weights_only=True)` onto the CPU: it cannot run code."
-    try: return torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError: raise FileNotFoundError(f'checkpoint {path} not found') from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        reason = str(e).split('WeightsUnpickler error:')[-1].strip().splitlines()[0]
-        raise CheckpointError(f'{path}: not a readable checkpoint (torch.load with weights_only=True refused it: {reason})') from None
+    "Read a checkpoint onto the CPU after checking its checksum, with `torch.load(weights_only=True)`: it cannot run code."
+    checked = verify_checkpoint(path)
+    try: state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        reason = (str(e).split('WeightsUnpickler error:')[-1].strip().splitlines() or [type(e).__name__])[0]
+        what = 'truncated or not a checkpoint' if not checked else 'not a weights_only checkpoint'
+        raise CheckpointError(f'{path}: not a readable checkpoint ({what}: torch.load with weights_only=True refused it: {reason})') from None
+    if not checked: warnings.warn(f'{path} has no checksum (written before fundus_ssl checkpoints carried one, or by '
+                                  'torch.save): read without an integrity check', CheckpointWarning, stacklevel=2)
+    return state
 
 # %% ../nbs/15_checkpoint.ipynb #6a1599ac
+def recorder_state(learn) -> dict|None: # None: the learner has no Recorder
+    "The history of fastai's `Recorder` (losses, learning rates, epoch ends, metrics) and the state of its smoothed loss."
+    rec = getattr(learn, 'recorder', None)
+    if rec is None: return None
+    sl = rec.smooth_loss
+    losses = torch.stack(rec.losses) if rec.losses else torch.zeros(0)
+    return dict(losses=losses, loss_device=str(losses.device), lrs=list(rec.lrs), iters=list(rec.iters),
+                values=[list(v) for v in rec.values], smooth_loss=dict(count=sl.count, val=sl.val))
+
+def restore_recorder(learn,      # a Learner, during `fit`
+                     state:dict, # from `recorder_state`
+                    ):
+    "Put a saved history back into the learner's `Recorder`, so its losses and the smoothed loss go on from there."
+    rec = learn.recorder
+    device = 'cpu' if state['loss_device'] == 'cpu' else next(get_model(learn.model).parameters()).device
+    rec.losses = list(state['losses'].to(device).unbind())
+    rec.lrs, rec.iters, rec.values = list(state['lrs']), list(state['iters']), [L(v) for v in state['values']]
+    rec.smooth_loss.count, rec.smooth_loss.val = state['smooth_loss']['count'], state['smooth_loss']['val'].to(device)
+    if rec.values: learn.final_record = rec.values[-1].copy()
+    if rec.smooth_loss.count: learn.smooth_loss = rec.smooth_loss.value
+
 def run_state(learn,               # a Learner, during `fit`
-              rank_only:bool=False, # only what differs between processes: the generator states
+              rank_only:bool=False, # only what differs between processes: the generator states and the loss history
              ) -> dict:
     "The complete state of a run in the middle of `fit`, as tensors, numbers and containers."
     rngs = dict(rng=global_rng_state(),
                 dl_rngs=[None if r is None else python_rng_state(r) for r in dataloader_rngs(learn)],
-                generators={k: g.get_state() for k, g in run_generators(learn).items()})
+                generators={k: g.get_state() for k, g in run_generators(learn).items()},
+                recorder=recorder_state(learn))
     if rank_only: return rngs
     scaler = getattr(learn, 'scaler', None)
     return dict(rngs, epoch=learn.epoch + 1, train_iter=learn.train_iter,
@@ -163,17 +238,26 @@ def restore_run_state(learn,      # a Learner, during `fit`
         if r is not None and s is not None: set_python_rng_state(s, r)
     gens = run_generators(learn)
     for k, s in state['generators'].items(): gens[k].set_state(s)
+    if state.get('recorder') is not None and getattr(learn, 'recorder', None) is not None: restore_recorder(learn, state['recorder'])
+    elif getattr(learn, 'recorder', None) is not None:
+        warnings.warn('the checkpoint holds no loss history (written before fundus_ssl stored it): learn.recorder starts '
+                      'at the resumed epoch', CheckpointWarning)
 
 # %% ../nbs/15_checkpoint.ipynb #b2578b10
 SCHEDULE_POINTS = (0., 0.1, 0.25, 0.5, 0.75, 1.)  # where each ParamScheduler schedule is sampled for the signature
 
+def _json_value(v):
+    "`v` (NumPy, torch, paths, fastai's `L`, tuples, sets) as a plain JSON-able value; TypeError for anything else."
+    if isinstance(v, (np.generic, np.ndarray, Tensor)): return v.tolist()
+    if isinstance(v, (Path, torch.dtype, torch.device)): return str(v)
+    if isinstance(v, (L, tuple, set)): return list(v)
+    raise TypeError(f'a {type(v).__name__} ({v!r}) is not JSON-serialisable; give numbers, strings, lists and dicts')
+
 def _jsonable(o):
     "`o` as plain JSON values (raises TypeError for anything JSON cannot represent)."
     def default(v):
-        if isinstance(v, (np.generic, np.ndarray, Tensor)): return v.tolist()
-        if isinstance(v, (Path, torch.dtype, torch.device)): return str(v)
-        if isinstance(v, (L, tuple, set)): return list(v)
-        raise TypeError(f'config: a {type(v).__name__} ({v!r}) is not JSON-serialisable; give numbers, strings, lists and dicts')
+        try: return _json_value(v)
+        except TypeError as e: raise TypeError(f'config: {e}') from None
     return json.loads(json.dumps(o, default=default, sort_keys=True))
 
 def _world_size() -> int: return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -208,32 +292,60 @@ def signature_differences(saved:dict,  # the checkpoint's signature
 
 # %% ../nbs/15_checkpoint.ipynb #7b8bea29
 _MAIN = re.compile(r'state_(\d+)\.pth')
+_PARTIAL = '.state_*.tmp'   # an interrupted `save_checkpoint` in a SaveState folder
 
 def checkpoint_name(epoch:int,  # completed epochs
-                    rank:int=0, # process; ranks > 0 hold only their generator states
+                    rank:int=0, # process; ranks > 0 hold only their generator states and loss history
                    ) -> str:
     "The file name of the checkpoint after `epoch` completed epochs."
     return f'state_{epoch:04d}.pth' if rank == 0 else f'state_{epoch:04d}.rank{rank}.pth'
 
 def checkpoints(path:str|Path, # a `SaveState` folder
                ) -> dict:      # completed epochs -> main file, in increasing order
-    "The checkpoints in a folder (temporary files of interrupted saves are ignored)."
+    "The checkpoints in a folder, intact or not (temporary files of interrupted saves are ignored)."
     path = Path(path)
     if not path.is_dir(): return {}
     found = {int(m[1]): p for p in path.iterdir() if (m := _MAIN.fullmatch(p.name))}
     return dict(sorted(found.items()))
 
-def latest_checkpoint(path:str|Path) -> Path|None:
-    "The checkpoint of a `SaveState` folder with the most completed epochs, or None."
-    return next(reversed(checkpoints(path).values()), None)
+def _damage(f:Path) -> str|None:
+    "Why the checkpoint file `f` cannot be used (None: intact, by its checksum or, without one, by loading it)."
+    try:
+        if not verify_checkpoint(f):
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore', CheckpointWarning)
+                read_checkpoint(f)
+    except (CheckpointError, FileNotFoundError) as e: return str(e)
+
+def latest_checkpoint(path:str|Path, # a `SaveState` folder
+                      ranks:int=1,   # processes of the run: the files of ranks 1..ranks-1 must be intact too
+                     ) -> Path|None: # the main file; None when `path` holds no checkpoint
+    "The newest intact checkpoint of a `SaveState` folder; newer damaged ones are skipped with a warning naming them."
+    damaged = []
+    for epoch, main in reversed(checkpoints(path).items()):
+        errors = [e for f in [main] + [main.with_name(checkpoint_name(epoch, r)) for r in range(1, ranks)] if (e := _damage(f))]
+        if not errors:
+            if damaged: warnings.warn('skipped damaged checkpoints:\n  ' + '\n  '.join(damaged) + f'\nusing {main}, the newest intact checkpoint',
+                                      CheckpointWarning, stacklevel=2)
+            return main
+        damaged += errors
+    if damaged: raise CheckpointError(f'no intact checkpoint in {path}:\n  ' + '\n  '.join(damaged) +
+                                      '\nRestore them from a copy, or delete them to start the run afresh.')
+    return None
+
+def _remove_partial_saves(path:Path):
+    "Delete the temporary files interrupted saves left in `path`, with a warning naming them."
+    if not (left := sorted(path.glob(_PARTIAL))): return
+    for f in left: f.unlink(missing_ok=True)
+    warnings.warn(f'removed {len(left)} temporary file(s) of an interrupted save: ' + ', '.join(str(f) for f in left), CheckpointWarning)
 
 # %% ../nbs/15_checkpoint.ipynb #92c7fc4e
 class SaveState(Callback):
-    "Save the complete state of a run every `every` epochs (atomically, weights_only-safe) and resume from the latest save."
+    "Save the complete state of a run every `every` epochs (atomically, with a checksum, weights_only-safe) and resume from the newest intact save."
     order = 90  # after the callbacks that set up state in before_fit (MoCo's queue, MixedPrecision's scaler) and after Recorder
     def __init__(self, path:str|Path,          # folder of the checkpoints
                  every:int=1,                  # save after every `every` completed epochs (and after the last)
-                 resume:bool=False,            # continue from the latest checkpoint in `path` (start afresh if none)
+                 resume:bool=False,            # continue from the newest intact checkpoint in `path` (start afresh if none)
                  config:dict|None=None,        # the run's settings (JSON-able), checked on resume
                  keep:int=2,                   # how many of the newest checkpoints to keep
                 ):
@@ -241,14 +353,30 @@ class SaveState(Callback):
         store_attr(but='path')
         self.path = Path(path)
 
+    def _latest(self) -> int|None:
+        "The epoch of the newest checkpoint intact for every process, as rank 0 finds it (it warns of damaged ones)."
+        if _rank() == 0:
+            if self.path.is_dir(): _remove_partial_saves(self.path)
+            try: latest = latest_checkpoint(self.path, _world_size()) if self.resume else next(reversed(checkpoints(self.path).values()), None)
+            except CheckpointError:
+                if _world_size() > 1: _broadcast_list([-2])
+                raise
+            epoch = -1 if latest is None else int(_MAIN.fullmatch(latest.name)[1])
+        else: epoch = None
+        if _world_size() > 1: epoch = _broadcast_list([epoch if _rank() == 0 else 0])[0]
+        if epoch == -2: raise CheckpointError(f'no intact checkpoint in {self.path} (rank 0 names the damaged files)')
+        return None if epoch == -1 else epoch
+
     def before_fit(self):
         self.signature, self.start, self.saved = run_signature(self.learn, self.config), 0, None
-        latest = latest_checkpoint(self.path)
-        if latest is None: return
+        epoch = self._latest()
+        if epoch is None: return
+        latest = self.path/checkpoint_name(epoch)
         if not self.resume:
             raise FileExistsError(f'SaveState: {self.path} already holds checkpoints (latest {latest.name}). Pass resume=True '
                                   'to continue that run, or give another path (or delete them) to start a new one.')
         self.saved = read_checkpoint(latest)
+        if 'signature' not in self.saved: raise ResumeError(f'{latest} is not a SaveState checkpoint (it has no run signature)')
         diffs = signature_differences(json.loads(self.saved['signature']), self.signature)
         if diffs: raise ResumeError(f'{latest} is from another run; it differs in:\n  ' + '\n  '.join(diffs) +
                                     '\nResume with the same settings, or start this run in another folder.')
@@ -270,7 +398,37 @@ class SaveState(Callback):
         if _rank() > 0: save_checkpoint(run_state(self.learn, rank_only=True), self.path/checkpoint_name(done, _rank()))
         if _world_size() > 1: dist.barrier()
         if _rank() > 0: return
-        save_checkpoint(dict(run_state(self.learn), format='fundus_ssl.SaveState/1', signature=json.dumps(self.signature)),
+        save_checkpoint(dict(run_state(self.learn), format='fundus_ssl.SaveState/2', signature=json.dumps(self.signature)),
                         self.path/checkpoint_name(done))
         for old in list(checkpoints(self.path))[:-self.keep]:
             for f in self.path.glob(f'state_{old:04d}.*pth'): f.unlink()
+
+# %% ../nbs/15_checkpoint.ipynb #dfa3e35e
+def _strict_json(o, where:str, nonfinite:str, bad:list):
+    "`o` as plain JSON values, its non-finite floats made None and, unless `nonfinite='null'`, listed in `bad` by where they are."
+    if isinstance(o, float) and not math.isfinite(o):
+        if nonfinite == 'error': bad.append(f'{where or "the value"} is {o}')
+        return None
+    if o is None or isinstance(o, (str, bool, int, float)): return o
+    if isinstance(o, dict):
+        if keys := [k for k in o if not isinstance(k, (str, int, float, bool))]: raise TypeError(f'{where}: key {keys[0]!r} is not a string or number')
+        return {k: _strict_json(v, f'{where}[{k!r}]', nonfinite, bad) for k, v in o.items()}
+    if isinstance(o, list): return [_strict_json(v, f'{where}[{i}]', nonfinite, bad) for i, v in enumerate(o)]
+    try: v = _json_value(o)
+    except TypeError as e: raise TypeError(f'{where}: {e}') from None
+    return _strict_json(v, where, nonfinite, bad)
+
+def write_json(path:str|Path,       # the file, e.g. out_dir/'metrics.json'
+               obj,                 # dicts, lists, numbers, strings, None; NumPy, tensors, tuples and paths are converted
+               indent:int|None=2,   # as `json.dumps`
+               nonfinite:str='error', # NaN/inf: 'error' (ValueError naming where each is) or 'null'
+              ) -> Path:
+    "Write `obj` to `path` as strict JSON (no NaN or Infinity), atomically."
+    if nonfinite not in ('error', 'null'): raise ValueError(f"write_json: nonfinite={nonfinite!r}; expected 'error' or 'null'")
+    path, bad = Path(path), []
+    try: plain = _strict_json(obj, '', nonfinite, bad)
+    except TypeError as e: raise TypeError(f'{path}: {str(e).strip()}') from None
+    if bad: raise ValueError(f'{path}: strict JSON has no NaN or Infinity; found ' + ', '.join(bad[:8]) + (' ...' if len(bad) > 8 else '') +
+                             ' (give a finite number, or None for an undefined value, or pass nonfinite="null")')
+    text = json.dumps(plain, indent=indent, allow_nan=False)
+    return _atomic_write(path, lambda f: f.write(text.encode() + b'\n'))

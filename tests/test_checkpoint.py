@@ -1,4 +1,4 @@
-"Resumable runs: kill a real training process with SIGKILL, resume it in a new process, compare with an uninterrupted run."
+"Resumable runs: kill a real training process with SIGKILL, resume it in a new process, compare weights and loss history with an uninterrupted run."
 import os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
@@ -48,4 +48,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, kind):
     final = read_checkpoint(checkpoints(run)[epochs])
     _assert_same_state(final['model'], ref_state)
     assert final['train_iter'] == reference.train_iter == epochs * len(reference.dls.train)
+    history = final['recorder']     # the resumed process's loss history covers the epochs before the kill too
+    assert torch.equal(history['losses'], torch.stack(reference.recorder.losses).as_subclass(torch.Tensor))
+    assert len(history['losses']) == reference.train_iter and history['iters'] == reference.recorder.iters
     assert not torch.equal(ref_state['queue'], resume_run.LEARNERS[kind][0]().model.queue)   # the queue moved
