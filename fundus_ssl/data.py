@@ -187,8 +187,9 @@ def train_valid_frame(df:pd.DataFrame,  # a reader's DataFrame; rows without a `
 def verify_images(df:pd.DataFrame,      # rows with an `image` column (and optionally masks)
                   mask_col:str|list|None='mask', # the mask column(s) to check too (None, or absent: images only)
                   encoding:str|None=None, # mask encoding (default: `df.attrs['mask_encoding']`, else 'binary')
+                  fov_col:str|None='fov', # the FOV mask column, checked too where present (None: not checked)
                  ) -> pd.DataFrame:     # the rows that fail, with the reason in an `error` column
-    "Decode every image (and mask, checked against its image's size) of `df`; return the rows that fail."
+    "Decode every image (and mask and FOV mask, each checked against its image's size) of `df`; return the rows that fail."
     encoding = encoding or df.attrs.get('mask_encoding') or 'binary'
     check_masks = mask_col is not None and all(c in df for c in L(mask_col))
     errors = {}
@@ -198,6 +199,8 @@ def verify_images(df:pd.DataFrame,      # rows with an `image` column (and optio
             src = list(row[mask_col]) if isinstance(mask_col, (list, tuple)) else row.get(mask_col)
             if check_masks and not _missing(src):
                 check_same_size(img, _decode_mask(src, encoding), _source_name(row['image']), _source_name(src))
+            fov = row.get(fov_col) if fov_col is not None and fov_col in df else None
+            if not _missing(fov): check_same_size(img, read_mask(fov), _source_name(row['image']), _source_name(fov))
         except (ValueError, OSError) as e: errors[idx] = str(e)
     return df.loc[list(errors)].assign(error=list(errors.values()))
 
@@ -442,6 +445,21 @@ def multilabel_dls(df:pd.DataFrame,          # a reader's DataFrame
 MASK_CODES = {'binary': ['background', 'foreground'], 'refuge': ['background', 'disc', 'cup'],
               'drishti': ['background', 'disc', 'cup']}
 
+def _without_masks(df:pd.DataFrame, cols:list, valid_split:str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "`df` less its train and valid rows lacking a file in a mask column of `cols` (warned), and those rows."
+    split = df['split'].fillna('train') if 'split' in df else pd.Series('train', index=df.index)
+    used = split.isin(['train', valid_split])
+    lacking = used & df[cols].map(_missing).any(axis=1)
+    if not lacking.any(): return df, df.iloc[:0]
+    if lacking.sum() == used.sum():
+        raise ValueError(f'segmentation_dls: none of the {used.sum()} train and valid images has a mask file in {cols}')
+    names = [_source_name(i) for i in df.image[lacking][:3]]
+    warnings.warn(f'segmentation_dls: {lacking.sum()} of {used.sum()} train and valid images have no mask file in {cols}, '
+                  f'e.g. {names}: left out (in `dls.no_mask`), never trained as all background')
+    kept = df[~lacking]
+    kept.attrs = dict(df.attrs)
+    return kept, df[lacking]
+
 @delegates(fundus_dls, but=['blocks', 'getters', 'n_inp', 'mask_col', 'encoding'])
 def segmentation_dls(df:pd.DataFrame,       # a reader's DataFrame with an `image` and a mask column
                      encoding:str|None=None, # mask encoding (default: `df.attrs['mask_encoding']`)
@@ -451,7 +469,8 @@ def segmentation_dls(df:pd.DataFrame,       # a reader's DataFrame with an `imag
     "`DataLoaders` for segmentation: binary (vessels, disc) or multi-class (disc/cup) masks, warped with their image."
     encoding = encoding or df.attrs.get('mask_encoding')
     if encoding is None: raise ValueError('no mask encoding: pass `encoding`, or use a reader DataFrame with attrs["mask_encoding"]')
-    if encoding == 'lesions':  # IDRiD: one binary mask column per lesion kind, None where the image has none
+    lesions = encoding == 'lesions'  # IDRiD: one binary mask column per lesion kind, None where the image has none
+    if lesions:
         if mask_col is None: raise ValueError(f"lesion masks: choose a lesion with `mask_col`, one of {df.attrs.get('mask_cols')}")
         encoding, codes = 'binary', codes or ['background', str(mask_col).removeprefix('mask_')]
     mask_col = mask_col or (['mask', 'mask_cup'] if encoding == 'drishti' else 'mask')
@@ -459,5 +478,8 @@ def segmentation_dls(df:pd.DataFrame,       # a reader's DataFrame with an `imag
     if absent: raise ValueError(f'mask column {absent} not in the DataFrame (columns: {list(df.columns)})')
     codes = codes or MASK_CODES.get(encoding)
     if codes is None: raise ValueError(f'encoding={encoding!r} has no default codes: pass `codes`')
-    return fundus_dls(df, (FundusImageBlock(), FundusMaskBlock(encoding, codes)), [ColReader('image'), ColReader(mask_col)],
-                      mask_col=mask_col, encoding=encoding, **kwargs)
+    df, no_mask = (df, df.iloc[:0]) if lesions else _without_masks(df, list(L(mask_col)), kwargs.get('valid_split', 'valid'))
+    dls = fundus_dls(df, (FundusImageBlock(), FundusMaskBlock(encoding, codes)), [ColReader('image'), ColReader(mask_col)],
+                     mask_col=mask_col, encoding=encoding, **kwargs)
+    dls.no_mask = no_mask
+    return dls

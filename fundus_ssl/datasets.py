@@ -10,13 +10,13 @@ import numpy as np, pandas as pd
 from sklearn.model_selection import StratifiedKFold, StratifiedGroupKFold
 
 # %% auto #0
-__all__ = ['LAYOUTS', 'IMAGE_EXTS', 'ODIR_LABELS', 'DatasetLayoutError', 'DatasetLabelError', 'MissingFilesWarning',
-           'expects_layout', 'fold_split', 'read_paired_folders', 'read_folder_per_class', 'read_csv_with_paths',
-           'read_drive', 'read_stare', 'read_chase_db1', 'read_hrf', 'read_idrid_segmentation',
-           'read_refuge_classification', 'read_refuge_segmentation', 'read_drishti_gs1', 'read_odoc_multidomain',
-           'read_drions_db', 'read_eyepacs', 'read_aptos2019', 'read_messidor', 'read_messidor2', 'read_idrid_grading',
-           'read_ddr', 'read_retinamnist', 'odir_keywords', 'odir_is_normal', 'read_odir', 'read_rfmid',
-           'read_eyediseases4class']
+__all__ = ['LAYOUTS', 'IMAGE_EXTS', 'ODIR_LABELS', 'EYEDISEASES_CLASSES', 'DatasetLayoutError', 'DatasetLabelError',
+           'MissingFilesWarning', 'DuplicateRowsWarning', 'expects_layout', 'fold_split', 'read_paired_folders',
+           'read_folder_per_class', 'read_csv_with_paths', 'read_drive', 'read_stare', 'read_chase_db1', 'read_hrf',
+           'read_idrid_segmentation', 'read_refuge_classification', 'read_refuge_segmentation', 'read_drishti_gs1',
+           'read_odoc_multidomain', 'read_drions_db', 'read_eyepacs', 'read_aptos2019', 'read_messidor',
+           'read_messidor2', 'read_idrid_grading', 'read_ddr', 'read_retinamnist', 'odir_keywords', 'odir_is_normal',
+           'read_odir', 'read_rfmid', 'read_eyediseases4class']
 
 # %% ../nbs/04_datasets.ipynb #95fc4a13
 class DatasetLayoutError(FileNotFoundError):
@@ -33,6 +33,9 @@ class DatasetLabelError(ValueError):
 
 class MissingFilesWarning(UserWarning):
     "Rows of a label file without an image, or images without an annotation: the reader says how many."
+
+class DuplicateRowsWarning(UserWarning):
+    "Rows of a label file repeated whole (same image, same labels): kept once, and the reader says how many."
 
 LAYOUTS = {}  # dataset name -> the tree its reader expects
 
@@ -68,11 +71,26 @@ def _need(path, dataset:str, what:str='folder') -> Path:
     if not path.exists(): raise DatasetLayoutError(dataset, path, f'{what} not found')
     return path
 
+def _one_file_per_id(files:list[Path], folder:Path, dataset:str):
+    "A `DatasetLayoutError` naming both files when two of `files` share a stem (any case): one id, two extensions."
+    seen, clashes = {}, []
+    for p in files:
+        stem = _split_ext(p.name)[0].lower()
+        if stem in seen: clashes.append((seen[stem], p))
+        else: seen[stem] = p
+    if clashes:
+        (a, b), n = clashes[0], len(clashes)
+        raise DatasetLayoutError(dataset, folder, f"holds {a.relative_to(folder)} and {b.relative_to(folder)}: one id, two files "
+                                 f"({n} such id{'s' if n > 1 else ''}); keep one file per image")
+
 def _image_files(folder, dataset:str, exts=IMAGE_EXTS, recursive=False) -> list[Path]:
-    "Sorted files of `folder` (and sub-folders when `recursive`) with one of `exts`, in any case; hidden files skipped."
-    files = _need(folder, dataset).rglob('*') if recursive else _need(folder, dataset).iterdir()
+    "Sorted files of `folder` (and sub-folders when `recursive`) with one of `exts`, in any case; hidden files skipped; one file per stem."
+    folder = _need(folder, dataset)
     exts = tuple(e.lower() for e in exts)
-    return sorted(p for p in files if not p.name.startswith('.') and _split_ext(p.name)[1].lower() in exts and p.is_file())
+    files = sorted(p for p in (folder.rglob('*') if recursive else folder.iterdir())
+                   if not p.name.startswith('.') and _split_ext(p.name)[1].lower() in exts and p.is_file())
+    _one_file_per_id(files, folder, dataset)
+    return files
 
 def _by_name(files) -> dict[str,Path]:
     "Look-up of `files` by lower-case name and by lower-case stem."
@@ -136,10 +154,39 @@ def _labels(table:pd.DataFrame, path, labels:dict) -> dict:
     return {name: _column(table, col, path) if allowed is None else _checked(_column(table, col, path), allowed, col, path)
             for col,(name,allowed) in labels.items()}
 
+def _no_duplicates(df:pd.DataFrame, keys, path, dataset:str, shown=None) -> np.ndarray:
+    "Which rows of `df` to keep: one per key of `keys`. Rows repeated whole are collapsed (warned); rows of one key that differ are an error naming `path`."
+    keys = pd.Series(list(keys))
+    shown = pd.Series(list(keys if shown is None else shown))  # how the messages name a key's image
+    repeated = keys.duplicated(keep=False).to_numpy()
+    if not repeated.any(): return np.ones(len(df), bool)
+    rows = df.reset_index(drop=True)[repeated].assign(_key=keys[repeated].values).drop_duplicates()
+    clashing = rows._key[rows._key.duplicated()].unique().tolist()
+    if clashing:
+        names = [shown[keys.eq(k).idxmax()] for k in clashing]
+        first = rows[rows._key == clashing[0]].drop(columns='_key')
+        differ = {c: first[c].tolist() for c in first.columns if first[c].nunique(dropna=False) > 1}
+        raise DatasetLabelError(f"{path}: {len(clashing)} images have several rows with different labels: {names[:5]}"
+                                f"{' ...' if len(clashing) > 5 else ''} (e.g. {names[0]!r}: {differ}); keep one row per image")
+    extra = keys.duplicated().to_numpy()
+    warnings.warn(f"{dataset}: {path}: {extra.sum()} rows repeat an earlier row whole (same image, same labels), e.g. "
+                  f"{shown[extra].unique()[:3].tolist()}: each image kept once", DuplicateRowsWarning)
+    return ~extra
+
+def _name_key(name:str) -> str:
+    "How label-file rows name one image: the lower-case name, without an image extension."
+    stem, ext = _split_ext(name.lower())
+    return stem if ext in IMAGE_EXTS else name.lower()
+
 def _with_images(df:pd.DataFrame, names, folder, dataset:str, table, strict=False) -> pd.DataFrame:
-    "Rows of `df` whose image (`names` in `folder`) exists, plus `image`; the others counted and warned about (error if `strict`)."
+    "Rows of `df` whose image (`names` in `folder`) exists, plus `image`; the others counted and warned about (error if `strict`); one row per image."
     index = _by_name(_image_files(folder, dataset))
-    paths = pd.Series([_lookup(index, str(n)) for n in names], index=df.index, dtype=object)
+    names = [str(n) for n in names]
+    paths = [_lookup(index, n) for n in names]
+    ids = [_split_ext(n)[0] if _split_ext(n)[1].lower() in IMAGE_EXTS else n for n in names]  # how messages name them
+    keep = _no_duplicates(df, [str(p) if p else _name_key(n) for p,n in zip(paths, names)], table, dataset, ids)
+    df, names = df[keep], list(np.asarray(names, dtype=object)[keep])
+    paths = pd.Series(np.asarray(paths, dtype=object)[keep], index=df.index, dtype=object)
     found = paths.notna()
     n_missing = int((~found).sum())
     if n_missing:
@@ -228,6 +275,18 @@ def read_paired_folders(images,                   # folder of images
     return _finish(df.assign(split=split), dataset, 'segmentation', images, mask_cols=['mask'], mask_encoding=mask_encoding)
 
 # %% ../nbs/04_datasets.ipynb #0d918a9c
+def _class_dirs(root, dataset:str, expected=None) -> list[str]:
+    "The class folders of `root` (hidden and `__MACOSX`-like folders skipped); with `expected`, an error for one missing, one more, or a loose image."
+    root = _need(root, dataset)
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(('.', '__')))
+    if expected is None: return found
+    missing, extra = [c for c in expected if c not in found], [c for c in found if c not in expected]
+    if missing: raise DatasetLayoutError(dataset, root, f"class folders {missing} not found (it holds {found})")
+    if extra: raise DatasetLayoutError(dataset, root, f"holds {extra}, not among the classes {list(expected)}: move or remove it")
+    loose = _image_files(root, dataset)
+    if loose: raise DatasetLayoutError(dataset, root, f"holds {len(loose)} images outside the class folders, e.g. {loose[0].name}")
+    return list(expected)
+
 @expects_layout('folder per class', """
     root/
       class_a/  img001.jpg, img002.png ...
@@ -238,11 +297,17 @@ def read_folder_per_class(root,                 # folder holding one sub-folder 
                           split:str|None=None,  # the `split` of every row
                           dataset:str='folder per class', # name for the `dataset` column and errors
                           exts=IMAGE_EXTS,      # image extensions
+                          expected:list|None=None, # the layout's class folders: any other folder is an error (None: any)
                          ) -> pd.DataFrame:
-    "Classification images in a folder per class: `label` is the folder's name."
-    root = _need(root, dataset)
-    classes = classes or sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
-    if not classes: raise DatasetLayoutError(dataset, root, 'holds no class folders')
+    "Classification images in a folder per class: `label` is the folder's name; with `expected`, the sub-folders must be exactly those classes."
+    found = _class_dirs(root, dataset, expected)
+    if classes is None:
+        if not found: raise DatasetLayoutError(dataset, root, 'holds no class folders')
+        if len(found) == 1:
+            raise DatasetLayoutError(dataset, root, f"holds a single sub-folder, {found[0]!r}: a folder per class needs one folder "
+                                     f"per class (classes=[{found[0]!r}] reads it alone)")
+        classes = found
+    root = Path(root)
     df = pd.concat([_list_images(root/c, dataset, exts).assign(label=c) for c in classes], ignore_index=True)
     return _finish(df.assign(split=split), dataset, 'classification', root, label_cols=['label'])
 
@@ -406,21 +471,30 @@ _REFUGE_LAYOUT = """
       REFUGE-Test-GT/Disc_Cup_Masks/G/T0001.bmp, N/T0002.bmp
     """
 
+_REFUGE_CLASSES = {'train': {'Glaucoma': 1, 'Non-Glaucoma': 0}, 'test': {'G': 1, 'N': 0}}  # class folder -> glaucoma
+
 def _refuge_labels(root:Path, split:str, df:pd.DataFrame) -> pd.Series:
     "REFUGE glaucoma labels of `df`'s images: class folders (train), Fovea_locations.xlsx (valid), mask folders G/N (test)."
-    if split == 'train': return df.image.map(lambda p: int(Path(p).parent.name == 'Glaucoma'))
+    if split == 'train': return df.image.map(lambda p: _REFUGE_CLASSES['train'][Path(p).parent.name])
     if split == 'test':
-        masks = _image_files(_need(root/_REFUGE_MASKS['test'], 'REFUGE'), 'REFUGE', recursive=True)
-        return df.id.map({_split_ext(p.name)[0]: int(p.parent.name == 'G') for p in masks})
+        folder = root/_REFUGE_MASKS['test']
+        _class_dirs(folder, 'REFUGE', list(_REFUGE_CLASSES['test']))
+        masks = _image_files(folder, 'REFUGE', recursive=True)
+        return df.id.map({_split_ext(p.name)[0]: _REFUGE_CLASSES['test'][p.parent.name] for p in masks})
     xlsx = root/'REFUGE-Validation400-GT/Fovea_locations.xlsx'
     table = _read_table(xlsx, 'REFUGE')
     names = _column(table, 'ImgName', xlsx).map(lambda n: _split_ext(str(n))[0])
-    return df.id.map(dict(zip(names, _checked(_column(table, 'Glaucoma Label', xlsx), (0, 1), 'Glaucoma Label', xlsx))))
+    grades = _checked(_column(table, 'Glaucoma Label', xlsx), (0, 1), 'Glaucoma Label', xlsx)
+    keep = _no_duplicates(pd.DataFrame({'glaucoma': grades.values}), names.str.lower(), xlsx, 'REFUGE', names)
+    return df.id.map(dict(zip(names[keep], grades[keep])))
 
 def _refuge(root, splits, masks:bool) -> pd.DataFrame:
     "REFUGE images of `splits` with `glaucoma` and, when `masks`, the disc/cup `mask`."
     root, parts = _need(root, 'REFUGE'), []
     for split,folder in _splits(splits, {s: root/f for s,f in _REFUGE_IMAGES.items()}, 'REFUGE', root).items():
+        if split == 'train':  # class folders: their names are the labels
+            _class_dirs(folder, 'REFUGE', list(_REFUGE_CLASSES['train']))
+            if masks: _class_dirs(root/_REFUGE_MASKS['train'], 'REFUGE', list(_REFUGE_CLASSES['train']))
         df = _list_images(folder, 'REFUGE', exts=('.jpg', '.jpeg', '.png'), recursive=split == 'train')
         if masks: df = _attach(df, 'mask', root/_REFUGE_MASKS[split], '{id}', 'REFUGE', recursive=True)
         parts.append(df.assign(glaucoma=_refuge_labels(root, split, df), split=split))
@@ -677,7 +751,8 @@ def read_retinamnist(path, # `retinamnist.npz` or the folder holding it
 ODIR_LABELS = list('NDGCAHMO')
 
 def odir_keywords(text:str) -> list[str]:
-    "The diagnostic keywords of one eye: split on the full-width comma '，' or ',', stripped, lower case."
+    "The diagnostic keywords of one eye: split on the full-width comma '，' or ',', stripped, lower case; none for an empty cell."
+    if text is None or text is pd.NA or (isinstance(text, float) and np.isnan(text)): return []
     return [k.strip().lower() for k in re.split('[，,]', str(text)) if k.strip()]
 
 def odir_is_normal(keywords:list[str]) -> bool:
@@ -731,16 +806,26 @@ def read_odir(root,                                  # the ODIR folder (OIA-ODIR
               images:str='preprocessed_images',      # Kaggle mirror: the folder of images
               drop=('anterior segment image',),      # an eye with one of these keywords is dropped (and counted)
              ) -> pd.DataFrame:
-    "ODIR per-eye rows: `label` 'normal'/'abnormal' (SWCL's rule), `keywords`, patient-level N..O; dropped eyes in `attrs['n_dropped']`."
+    "ODIR per-eye rows: `label` 'normal'/'abnormal' (N=1, else SWCL's keyword rule), `keywords`, patient-level N..O; dropped eyes in `attrs['n_dropped']` and `attrs['n_unlabeled']`."
     root = _need(root, 'ODIR')
     df = _concat(_odir_kaggle_eyes(root, images) if (root/'full_df.csv').exists() else _odir_oia_eyes(root, splits))
     kws = df.keywords.map(odir_keywords)
     dropped = kws.map(lambda k: bool(set(k) & set(drop)))
     if dropped.any():
         warnings.warn(f"ODIR: dropped {dropped.sum()} of {len(df)} eyes tagged {list(drop)}", MissingFilesWarning)
-    label = np.where(kws.map(odir_is_normal), 'normal', 'abnormal')
-    df, attrs = df.assign(label=label, keywords=kws.map('，'.join))[~dropped], df.attrs
-    df.attrs = {**attrs, 'n_dropped': int(dropped.sum())}
+    by_text, no_text = kws.map(odir_is_normal), kws.map(len) == 0
+    normal_patient = df['N'] == 1 if 'N' in df else pd.Series(False, index=df.index)  # the label columns: both eyes normal
+    disagree = normal_patient & ~by_text & ~no_text & ~dropped
+    if disagree.any():
+        warnings.warn(f"ODIR: {disagree.sum()} eyes of patients labelled N=1 have keywords that are not normal "
+                      f"({df.name[disagree].tolist()[:3]}: {kws[disagree].tolist()[:3]}): labelled 'normal', as N says", UserWarning)
+    unlabeled = no_text & ~normal_patient & ~dropped
+    if unlabeled.any():
+        warnings.warn(f"ODIR: {unlabeled.sum()} eyes have no diagnostic keyword and a patient not labelled N=1, so no label "
+                      f"(e.g. {df.name[unlabeled].tolist()[:3]}): dropped, counted in attrs['n_unlabeled']", MissingFilesWarning)
+    label = np.where(normal_patient | by_text, 'normal', 'abnormal')
+    df, attrs = df.assign(label=label, keywords=kws.map('，'.join))[~dropped & ~unlabeled], df.attrs
+    df.attrs = {**attrs, 'n_dropped': int(dropped.sum()), 'n_unlabeled': int(unlabeled.sum())}
     return _finish(df.drop(columns='name'), 'ODIR', 'classification', root, label_cols=['label', *[c for c in ODIR_LABELS if c in df]])
 
 # %% ../nbs/04_datasets.ipynb #db5b3f5b
@@ -768,6 +853,8 @@ def read_rfmid(root,                           # the RFMiD folder
     return _finish(_concat(parts), 'RFMiD', 'classification', root, label_cols=cols)
 
 # %% ../nbs/04_datasets.ipynb #199d03df
+EYEDISEASES_CLASSES = ('cataract', 'diabetic_retinopathy', 'glaucoma', 'normal')
+
 @expects_layout('EyeDiseases4class', """
     EyeDiseases4class_256/
       cataract/  diabetic_retinopathy/  glaucoma/  normal/   (1,000 images each)
@@ -777,7 +864,7 @@ def read_eyediseases4class(root, # the EyeDiseases4class folder
                           ) -> pd.DataFrame:
     "Four-class disease classification: `label` (class folder), `dr_grade` (EyePACS grade where `eyepacs_levels.csv` has one), `eye`."
     root = _need(root, 'EyeDiseases4class')
-    df = read_folder_per_class(root, dataset='EyeDiseases4class')
+    df = read_folder_per_class(root, dataset='EyeDiseases4class', expected=EYEDISEASES_CLASSES)
     csv = root/'eyepacs_levels.csv'
     grades = pd.Series(dtype='Int64')
     if csv.exists():
@@ -786,7 +873,9 @@ def read_eyediseases4class(root, # the EyeDiseases4class folder
         unknown = rel[~rel.isin(df.image)]
         if len(unknown):
             raise DatasetLayoutError('EyeDiseases4class', unknown.iloc[0], f'listed in {csv.name} but not found ({len(unknown)} such rows)')
-        grades = pd.Series(_checked(_column(table, 'level', csv), range(5), 'level', csv).values, index=rel.values)
+        levels = _checked(_column(table, 'level', csv), range(5), 'level', csv)
+        keep = _no_duplicates(pd.DataFrame({'level': levels.values}), rel, csv, 'EyeDiseases4class', _column(table, 'relpath', csv))
+        grades = pd.Series(levels.values[keep], index=rel.values[keep])
     eye = df.id.str.extract(r'_(left|right)$', expand=False)
     df = df.assign(dr_grade=pd.array(df.image.map(grades), dtype='Int64'), eye=eye)
     return _finish(df, 'EyeDiseases4class', 'classification', root, label_cols=['label', 'dr_grade'])

@@ -190,6 +190,47 @@ def test_corrupt_image(drive_df, tmp_path):
     assert str(corrupt) not in set(dls.train.items.image) | set(dls.valid.items.image)
     assert sum(len(x) for x, _ in dls.valid) == len(dls.valid.items)
 
+def test_fov_mask_of_another_size(drive_df, tmp_path):
+    "A FOV mask that does not match its image is found by `verify_images`, with both names, like the other masks."
+    small = tmp_path/'small_fov.gif'
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(small)
+    df = drive_df.copy(); df.loc[3, 'fov'] = str(small)
+    bad = verify_images(df)
+    assert bad.index.tolist() == [3] and bad.error[3].endswith(f'{small} is 12x10 (width x height)')
+    assert Path(df.image[3]).name in bad.error[3]
+    with pytest.warns(UserWarning, match='skipped 1 unreadable rows'): dls = segmentation_dls(df, size=32, bs=2, skip_bad=True)
+    assert dls.skipped.index.tolist() == [3]
+
+def test_disc_cup_mask_in_another_encoding(refuge_df, tmp_path):
+    "A disc mask stored 0/255 where the dataset uses REFUGE's 0/128/255 is refused, naming the file."
+    df = refuge_df.copy()
+    labels = read_mask(df['mask'][0], 'refuge')
+    binary = tmp_path/'g0001_binary.bmp'
+    Image.fromarray(np.where(labels > 0, 255, 0).astype(np.uint8)).save(binary)  # disc white on black
+    df.loc[0, 'mask'] = str(binary)
+    bad = verify_images(df)
+    assert bad.index.tolist() == [0] and 'g0001_binary.bmp: cup (0) pixels but no disc rim (128)' in bad.error[0]
+    with pytest.raises(ValueError, match='g0001_binary.bmp: cup'):  # training meets it: an error naming it
+        [b for dl in segmentation_dls(df, size=32, bs=2).loaders for b in dl]
+    with pytest.warns(UserWarning, match='skipped 1 unreadable rows'): dls = segmentation_dls(df, size=32, bs=2, skip_bad=True)
+    assert dls.skipped.index.tolist() == [0]
+
+def test_deleted_manual_mask_is_left_out(tmp_path):
+    "A training image whose manual was deleted: warned by the reader, then left out of training (counted), never all background."
+    root = write_drive_like(tmp_path/'DRIVE', n_train=6, n_test=2, size=64)
+    manual = next((root/'training/1st_manual').iterdir())
+    manual.unlink()
+    with pytest.warns(UserWarning, match='1 of 6 images have no mask'): df = read_drive(root)
+    lost = df.image[df['mask'].isna() & (df.split == 'train')].tolist()
+    assert len(lost) == 1
+    with pytest.warns(UserWarning, match=r"1 of 6 train and valid images have no mask file in \['mask'\].*left out"):
+        dls = segmentation_dls(df, size=32, bs=2)
+    assert dls.no_mask.image.tolist() == lost
+    used = set(dls.train.items.image) | set(dls.valid.items.image)
+    assert lost[0] not in used and len(used) == 5
+    with pytest.raises(ValueError, match='none of the 6 train and valid images has a mask file'):
+        segmentation_dls(df.assign(mask=None), size=32)
+
 def test_missing_labels(eyepacs_df):
     df = eyepacs_df.copy(); df['dr_grade'] = df.dr_grade.astype(float); df.loc[1, 'dr_grade'] = np.nan
     with pytest.raises(ValueError, match=f"'dr_grade' has 1 missing values, e.g. for image .*{Path(df.image[1]).name}"):

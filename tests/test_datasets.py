@@ -1,6 +1,6 @@
 """Tests of `fundus_ssl.datasets`: every reader on a miniature copy of its distributed layout (tests/layouts.py),
 its bad-input errors, and, when FUNDUS_DATA points to them, the real copies in ../shared/data."""
-import shutil, sys, warnings
+import functools, re, shutil, sys, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 
@@ -171,8 +171,10 @@ def test_read_refuge_bad(tmp_path):
     (root/'REFUGE-Validation400-GT/Fovea_locations.xlsx').unlink()
     with pytest.raises(DatasetLayoutError, match='Fovea_locations.xlsx: label file not found'): read_refuge_classification(root)
     assert len(read_refuge_classification(root, splits=['train', 'test'])) == 7
-    shutil.rmtree(root/'REFUGE-Test-GT/Disc_Cup_Masks/N')
+    (root/'REFUGE-Test-GT/Disc_Cup_Masks/N/T0002.bmp').unlink()
     with pytest.raises(DatasetLabelError, match='no glaucoma label for 1 images'): read_refuge_classification(root, splits=['test'])
+    shutil.rmtree(root/'REFUGE-Test-GT/Disc_Cup_Masks/N')
+    with pytest.raises(DatasetLayoutError, match=r"Disc_Cup_Masks: class folders \['N'\] not found"): read_refuge_classification(root, splits=['test'])
 
 def test_read_drishti_gs1(tmp_path):
     df = read_drishti_gs1(layouts.write_drishti_gs1(tmp_path))
@@ -360,6 +362,141 @@ def test_read_eyediseases4class(tmp_path):
     csv.unlink()
     assert read_eyediseases4class(tmp_path).dr_grade.isna().all()
 
+# ------------------------------------------------------------------ ambiguous data (issue 12, items 10-13)
+def _table(path):
+    return pd.read_excel(path, dtype=str) if path.suffix in ('.xls', '.xlsx') else pd.read_csv(path, dtype=str)
+
+# dataset -> (layout writer, reader, label file, a 0/1-valued label column of its first row)
+LABEL_FILES = {
+    'EyePACS': (layouts.write_eyepacs, read_eyepacs, 'trainLabels.csv', 'level'),
+    'APTOS2019': (layouts.write_aptos2019, read_aptos2019, 'train.csv', 'diagnosis'),
+    'Messidor': (layouts.write_messidor, read_messidor, 'Base11/Annotation_Base11.xls', 'Retinopathy grade'),
+    'Messidor-2': (layouts.write_messidor2, functools.partial(read_messidor2, n_folds=None), 'messidor_data.csv', 'adjudicated_dme'),
+    'IDRiD grading': (layouts.write_idrid_grading, read_idrid_grading,
+                      'B. Disease Grading/2. Groundtruths/a. IDRiD_Disease Grading_Training Labels.csv', 'Retinopathy grade'),
+    'RFMiD': (layouts.write_rfmid, read_rfmid, '2. Groundtruths/a. RFMiD_Training_Labels.csv', 'DR'),
+    'ODIR OIA': (layouts.write_odir_oia, read_odir, 'Training Set/Annotation/training annotation (English).xlsx', 'D'),
+    'ODIR Kaggle': (layouts.write_odir_kaggle, read_odir, 'full_df.csv', 'D'),
+    'REFUGE': (layouts.write_refuge, read_refuge_classification, 'REFUGE-Validation400-GT/Fovea_locations.xlsx', 'Glaucoma Label'),
+    'EyeDiseases4class': (layouts.write_eyediseases4class, read_eyediseases4class, 'eyepacs_levels.csv', 'level'),
+}
+
+@pytest.mark.parametrize('name', LABEL_FILES)
+def test_duplicated_label_rows(tmp_path, name):
+    "Two rows for one image: identical ones are kept once with a warning; different labels are an error naming the file."
+    write, read, rel, col = LABEL_FILES[name]
+    root = write(tmp_path)
+    n = len(quiet(read, root))
+    path, table = root/rel, _table(root/rel)
+    layouts.write_table(path, pd.concat([table, table.iloc[:1]], ignore_index=True))  # e.g. ODIR: 1603 rows, 1602 images
+    with pytest.warns(DuplicateRowsWarning, match='repeat an earlier row whole'):
+        assert len(quiet(read, root)) == n
+    changed = table.iloc[:1].assign(**{col: '1' if table[col].iloc[0] == '0' else '0'})
+    layouts.write_table(path, pd.concat([table, changed], ignore_index=True))  # EyePACS: 10_left graded 0 and 4
+    with pytest.raises(DatasetLabelError, match=f'{re.escape(path.name)}: .* several rows with different labels'): quiet(read, root)
+
+def test_duplicated_label_rows_message(tmp_path):
+    root = layouts.write_eyepacs(tmp_path)
+    csv = root/'trainLabels.csv'
+    table = pd.read_csv(csv)
+    layouts.write_table(csv, pd.concat([table, pd.DataFrame({'image': ['10_left'], 'level': [4]})]))
+    with pytest.raises(DatasetLabelError) as e: quiet(read_eyepacs, root)
+    assert str(e.value) == (f"{csv}: 1 images have several rows with different labels: ['10_left'] "
+                            "(e.g. '10_left': {'dr_grade': [0, 4]}); keep one row per image")
+
+def test_duplicated_ddr_lines(tmp_path):
+    txt = layouts.write_ddr(tmp_path)/'DR_grading'/'train.txt'
+    first = txt.read_text().splitlines()[0]
+    txt.write_text(txt.read_text() + first + '\n')
+    with pytest.warns(DuplicateRowsWarning): assert len(read_ddr(tmp_path, splits=['train'])) == 6
+    txt.write_text(txt.read_text() + first.split()[0] + ' 3\n')
+    with pytest.raises(DatasetLabelError, match=r"train.txt: 1 images have several rows .*'007-tr00-000'"): read_ddr(tmp_path)
+
+# dataset -> (layout writer, reader, an existing file, the same id with another extension)
+TWO_FILES = {
+    'DRIVE image': (layouts.write_drive, read_drive, 'training/images/21_training.tif', '21_training.png'),
+    'DRIVE manual': (layouts.write_drive, read_drive, 'training/1st_manual/21_manual1.gif', '21_manual1.png'),
+    'DRIVE FOV': (layouts.write_drive, read_drive, 'test/mask/01_test_mask.gif', '01_test_mask.tif'),
+    'STARE image': (layouts.write_stare, read_stare, 'stare-images/im0001.ppm.gz', 'im0001.ppm'),
+    'STARE label': (layouts.write_stare, read_stare, 'labels-ah/im0001.ah.ppm.gz', 'im0001.ah.ppm'),
+    'CHASE_DB1': (layouts.write_chase_db1, read_chase_db1, 'Image_01L_1stHO.png', 'Image_01L_1stHO.gif'),
+    'HRF': (layouts.write_hrf, read_hrf, 'images/01_dr.JPG', '01_dr.png'),
+    'IDRiD segmentation': (layouts.write_idrid_segmentation, read_idrid_segmentation,
+                           'A. Segmentation/2. All Segmentation Groundtruths/a. Training Set/1. Microaneurysms/IDRiD_01_MA.tif', 'IDRiD_01_MA.png'),
+    'REFUGE': (layouts.write_refuge, read_refuge_segmentation, 'Annotation-Training400/Disc_Cup_Masks/Glaucoma/g0001.bmp', 'g0001.png'),
+    'ODOC': (layouts.write_odoc_multidomain, read_odoc_multidomain, 'Domain2/train/ROIs/mask/G-1-L.png', 'G-1-L.bmp'),
+    'DRIONS-DB': (layouts.write_drions_db, read_drions_db, 'train/image/image_001.jpg', 'image_001.png'),
+    'EyePACS': (layouts.write_eyepacs, read_eyepacs, 'train/10_left.jpeg', '10_left.JPG'),
+    'ODIR': (layouts.write_odir_kaggle, read_odir, 'preprocessed_images/0_left.jpg', '0_left.png'),
+    'EyeDiseases4class': (layouts.write_eyediseases4class, read_eyediseases4class, 'normal/0_left.jpg', '0_left.png'),
+}
+
+@pytest.mark.parametrize('name', TWO_FILES)
+def test_one_id_two_files(tmp_path, name):
+    "The same id with two extensions is an error naming both files, never two rows sharing one mask."
+    write, read, rel, other = TWO_FILES[name]
+    root = write(tmp_path)
+    quiet(read, root)
+    shutil.copy(root/rel, (root/rel).with_name(other))
+    with pytest.raises(DatasetLayoutError, match='one id, two files') as e: quiet(read, root)
+    assert Path(rel).name in str(e.value) and other in str(e.value)
+
+def test_class_folders_checked(tmp_path):
+    "A reader of a class-folder layout checks its class names: another dataset's root, a stray folder or loose image is an error."
+    odir = layouts.write_odir_kaggle(tmp_path/'ODIR-5K')
+    with pytest.raises(DatasetLayoutError, match=r"class folders \['cataract', 'diabetic_retinopathy', 'glaucoma', 'normal'\] "
+                                                 r"not found \(it holds \['preprocessed_images'\]\)"):
+        read_eyediseases4class(odir)
+    with pytest.raises(DatasetLayoutError, match="holds a single sub-folder, 'preprocessed_images'"): read_folder_per_class(odir)
+    assert len(read_folder_per_class(odir, classes=['preprocessed_images'])) == 7  # asked for explicitly
+    root = layouts.write_eyediseases4class(tmp_path/'E4', n=2)
+    layouts.tiny_images(root/'__MACOSX'/'normal', ['._0_left.jpg'])  # what macOS zips add: never a class
+    assert len(read_eyediseases4class(root)) == 8
+    layouts.tiny_images(root/'unsorted', ['x.jpg'])
+    with pytest.raises(DatasetLayoutError, match=r"holds \['unsorted'\], not among the classes"): read_eyediseases4class(root)
+    shutil.rmtree(root/'unsorted')
+    layouts.tiny_images(root, ['loose.jpg'])
+    with pytest.raises(DatasetLayoutError, match='holds 1 images outside the class folders, e.g. loose.jpg'): read_eyediseases4class(root)
+    (root/'loose.jpg').unlink()
+    shutil.rmtree(root/'glaucoma')
+    with pytest.raises(DatasetLayoutError, match=r"class folders \['glaucoma'\] not found"): read_eyediseases4class(root)
+
+def test_refuge_class_folders_checked(tmp_path):
+    root = layouts.write_refuge(tmp_path)
+    layouts.tiny_images(root/'REFUGE-Training400/Training400/unsorted', ['g0400.jpg'])  # was labelled non-glaucoma
+    with pytest.raises(DatasetLayoutError, match=r"Training400: holds \['unsorted'\], not among the classes \['Glaucoma', 'Non-Glaucoma'\]"):
+        read_refuge_classification(root)
+    shutil.rmtree(root/'REFUGE-Training400/Training400/unsorted')
+    layouts.tiny_masks(root/'REFUGE-Test-GT/Disc_Cup_Masks/suspect', ['T0003.bmp'])
+    with pytest.raises(DatasetLayoutError, match=r"Disc_Cup_Masks: holds \['suspect'\]"): read_refuge_segmentation(root)
+
+def test_odir_empty_keywords(tmp_path):
+    "An empty keyword cell is no keyword, not the text 'nan': the label columns decide (N=1: normal), else the eye has no label."
+    root = layouts.write_odir_oia(tmp_path)
+    xlsx = root/'Training Set/Annotation/training annotation (English).xlsx'
+    ann = layouts.odir_annotation()
+    ann.loc[0, 'Left-Diagnostic Keywords'] = None   # patient 0: N=1
+    ann.loc[1, 'Left-Diagnostic Keywords'] = None   # patient 1: C=1, left eye unknown
+    layouts.write_table(xlsx, ann)
+    with pytest.warns(MissingFilesWarning, match=r"1 eyes have no diagnostic keyword and a patient not labelled N=1.*\['1_left.jpg'\]"):
+        df = read_odir(root, splits=['train'])
+    assert names(df.image)[:3] == ['0_left.jpg', '0_right.jpg', '1_right.jpg']
+    assert df.label.tolist()[:3] == ['normal', 'normal', 'normal'] and df.keywords[0] == ''
+    assert df.attrs['n_unlabeled'] == 1 and df.attrs['n_dropped'] == 1
+    ann.loc[0, 'Right-Diagnostic Keywords'] = 'cataract'  # disagrees with N=1: the label columns win, with a warning
+    layouts.write_table(xlsx, ann)
+    with pytest.warns(UserWarning, match=r"1 eyes of patients labelled N=1 have keywords that are not normal"):
+        df = quiet(read_odir, root, splits=['train'])
+    assert df.label[1] == 'normal'
+
+def test_odir_kaggle_empty_keywords(tmp_path):
+    root = layouts.write_odir_kaggle(tmp_path)
+    table = pd.read_csv(root/'full_df.csv', dtype=str)
+    table.loc[table.filename == '0_left.jpg', 'Left-Diagnostic Keywords'] = None
+    layouts.write_table(root/'full_df.csv', table)
+    df = quiet(read_odir, root)
+    assert df.label[0] == 'normal' and df.keywords[0] == '' and df.attrs['n_unlabeled'] == 0
+
 # ------------------------------------------------------------------ every reader: missing root
 READERS = [read_drive, read_stare, read_chase_db1, read_hrf, read_idrid_grading, read_idrid_segmentation,
            read_refuge_classification, read_refuge_segmentation, read_drishti_gs1, read_messidor, read_messidor2,
@@ -416,7 +553,7 @@ def test_real_odir():
     root = real('ODIR-5K')
     df = read_odir(root)
     check_conventions(df)
-    assert len(df) == 1602 and df.attrs['n_missing'] == 0 and df.attrs['n_dropped'] == 0
+    assert len(df) == 1602 and df.attrs['n_missing'] == 0 and df.attrs['n_dropped'] == 0 and df.attrs['n_unlabeled'] == 0
     assert df.eye.value_counts().to_dict() == {'left': 811, 'right': 791} and df.patient.nunique() == 957
     # SWCL's rule agrees with the mirror's own per-image label 'N' on every image
     mirror = pd.read_csv(root/'full_df.csv').set_index('filename')['labels']
@@ -439,3 +576,17 @@ def test_real_eyediseases4class():
     assert len(df) == 4000 and set(df.label.value_counts()) == {1000}
     dr = df.dr_grade[df.label == 'diabetic_retinopathy']
     assert dr.notna().all() and (dr == 0).sum() == 736
+
+def test_real_odir_root_is_not_four_classes():
+    "The ODIR-5K root given to the four-class reader: an error, not 1,602 images of class 'preprocessed_images'."
+    with pytest.raises(DatasetLayoutError, match=r"not found \(it holds \['preprocessed_images'\]\)"):
+        read_eyediseases4class(real('ODIR-5K'))
+
+def test_real_duplicated_eyepacs_row(tmp_path):
+    "The real trainLabels.csv with 10_left repeated at grade 4 (it is 0): an error naming the file and the image."
+    root = real('EyePACS')
+    (tmp_path/'sample').symlink_to(root/'sample')
+    table = pd.read_csv(root/'trainLabels.csv')
+    assert table.level[table.image == '10_left'].tolist() == [0]
+    layouts.write_table(tmp_path/'trainLabels.csv', pd.concat([table, pd.DataFrame({'image': ['10_left'], 'level': [4]})]))
+    with pytest.raises(DatasetLabelError, match=r"trainLabels.csv: 1 images .* \['10_left'\]"): quiet(read_eyepacs, tmp_path)
