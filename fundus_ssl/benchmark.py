@@ -23,7 +23,7 @@ __all__ = ['BENCHMARK_FOLDERS', 'SPLIT_COLUMNS', 'CELL_COLUMNS', 'LOWER_IS_BETTE
            'merge_groups', 'nested_fractions', 'pool_splits', 'benchmark_splits', 'write_benchmark_splits',
            'read_benchmark_splits', 'benchmark_frame', 'pool_paths', 'SeedInterval', 'seed_interval',
            'paired_difference', 'verdict', 'summarise_cells', 'per_seed', 'claim_check', 'claim_swcl', 'claim_kalapos',
-           'claim_hassanpour', 'claim_srinivasan', 'plot_cell_bars', 'plot_label_efficiency']
+           'claim_hassanpour', 'claim_srinivasan', 'plot_cell_bars', 'plot_fraction_curves']
 
 # %% ../nbs/33_benchmark.ipynb #3bb78d17
 BENCHMARK_FOLDERS = {'EyeDiseases4class': 'EyeDiseases4class_256', 'ODIR': 'ODIR-5K', 'DRIVE': 'DRIVE',
@@ -447,7 +447,7 @@ def plot_cell_bars(summary:pd.DataFrame, # from `summarise_cells`
     return fig
 
 # %% ../nbs/33_benchmark.ipynb #1b102be4
-def plot_label_efficiency(summary:pd.DataFrame, # from `summarise_cells`
+def plot_fraction_curves(summary:pd.DataFrame, # from `summarise_cells`
                           metric:str,           # the metric to show
                           tasks=None,           # tasks, one panel each (default: all with label fractions)
                           methods=None,         # methods (default: sorted)

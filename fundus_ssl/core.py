@@ -59,12 +59,13 @@ from .efficiency import *
 from .representation import *
 from .robustness import *
 from .interpret import *
+from .benchmark import *
 
 # %% ../nbs/00_core.ipynb #b545dbe8
 LAYERS = ('hostsync', 'io', 'preprocess', 'synthetic', 'datasets', 'data', 'cache', 'models', 'layers', 'losses',
           'augment', 'distributed', 'pretrain', 'moco', 'byol', 'diagnostics', 'checkpoint', 'pseudolabel',
           'patches', 'swcl', 'metrics', 'transfer', 'segmentation', 'efficiency', 'representation',
-          'robustness', 'interpret')
+          'robustness', 'interpret', 'benchmark')
 
 def public_names(layers=LAYERS):
     "The public names of the package's layers, in layer order."

@@ -219,7 +219,7 @@ def test_claims():
 def test_plots_are_docs_width():
     import matplotlib; matplotlib.use('Agg')
     s = summarise_cells(pd.concat([_cells({'random': 0, 'swcl': 0.1}, task=t) for t in 'abc']))
-    for fig in (plot_cell_bars(s, 'auc'), plot_label_efficiency(s, 'auc')):
+    for fig in (plot_cell_bars(s, 'auc'), plot_fraction_curves(s, 'auc')):
         w, h = fig.get_size_inches() * 100
         assert w == pytest.approx(700) and h < 1000
         assert sum(a.get_visible() for a in fig.axes) == 3
