@@ -17,6 +17,7 @@ import albumentations as A
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 from .hostsync import host_to_device, check_values
+from .models import check_positive
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'EYEPACS_MEAN', 'EYEPACS_STD', 'AUG_PRESETS', 'AugSettings', 'aug_settings',
@@ -184,6 +185,7 @@ def fundus_like_batch(n:int=8,      # number of images
                       seed:int=0,   # the same seed gives the same images
                      ) -> Tensor:   # [n, 3, size, size] uint8
     "Drawn fundus-like images for demos and tests: an orange disc on black, a bright optic disc and dark vessel-like lines, placed at random."
+    check_positive('n', n); check_positive('size', size)
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.rand(n, *s, generator=g)
     t = (torch.arange(size) + 0.5) / size

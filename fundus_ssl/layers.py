@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 from torch import nn, Tensor
 from fastcore.basics import store_attr
+from .models import check_positive
 
 # %% auto #0
 __all__ = ['Whitening', 'ZCAWhitening', 'IterNorm', 'replace_last_norm']
@@ -23,6 +24,7 @@ class Whitening(nn.Module):
                  momentum:float=0.1,           # weight of the batch value in the running estimates
                  affine:bool=True):            # learn a per-channel scale and shift after whitening, as BatchNorm
         super().__init__()
+        check_positive('num_features', num_features)
         if group_size is not None:
             if group_size < 1 or num_features % group_size:
                 raise ValueError(f'group_size={group_size} must divide num_features={num_features}')

@@ -490,7 +490,8 @@ def mlp_head(in_dim:int, # input features (the encoder's `num_features`)
              bn:bool=False, # BatchNorm1d after each hidden linear layer (BYOL), not after the last
             ) -> nn.Sequential:
     "A projector/predictor MLP: (Linear, [BatchNorm1d], ReLU) for each hidden layer, then Linear."
-    if n_layers < 1: raise ValueError(f'n_layers must be >= 1, got {n_layers}')
+    if not (isinstance(n_layers, int) and n_layers >= 1): raise ValueError(f'n_layers must be >= 1, got {n_layers}')
+    for name, dim in (('in_dim', in_dim), ('hidden_dim', hidden_dim), ('out_dim', out_dim)): check_positive(name, dim)
     dims = [in_dim] + [hidden_dim]*(n_layers-1)
     layers = []
     for i, o in zip(dims[:-1], dims[1:]):
