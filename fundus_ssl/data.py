@@ -24,6 +24,7 @@ from fastai.vision.core import PILImage, PILMask, TensorImage, TensorMask, AddMa
 import fastai.vision.data  # registers `show_batch` for image batches
 from .io import read_image, read_mask, read_drishti_mask, check_same_size
 from .preprocess import fov_mask, fov_bbox, crop_to_fov, resize_shorter
+from .models import check_positive
 
 # %% auto #0
 __all__ = ['IMAGENET_STATS', 'EYEPACS_STATS', 'MASK_COLOURS', 'TARGETS', 'MASK_CODES', 'channel_stats', 'load_image', 'load_mask',
@@ -237,6 +238,9 @@ def fundus_dls(df:pd.DataFrame,       # a reader's DataFrame: `image`, `split`, 
                **kwargs,              # passed to `DataBlock.dataloaders` (e.g. `device`, `shuffle`)
               ) -> DataLoaders:
     "fastai `DataLoaders` over the train and valid rows of `df`, augmented with albumentations, normalised with `stats`."
+    check_positive('bs', bs)
+    for name, value in (('size', size), ('patch_size', patch_size), ('val_bs', val_bs)):
+        if value is not None: check_positive(name, value)
     frame = train_valid_frame(df, valid_split, valid_pct, seed)
     skipped = verify_images(frame, mask_col, encoding) if skip_bad else frame.iloc[:0]
     if len(skipped):

@@ -22,7 +22,7 @@ from fastai.callback.progress import ProgressCallback
 from fasttransform import Transform
 import fastai.callback.schedule, fastai.callback.hook  # Learner.fit_one_cycle, lr_find, summary
 from .data import fundus_dls, fundus_augs, FundusImageBlock, keep_workers
-from .models import Encoder, create_encoder, mlp_head
+from .models import Encoder, create_encoder, mlp_head, check_positive
 from .layers import IterNorm, ZCAWhitening, replace_last_norm
 from .augment import AugSettings, TwoViewAug, TwoViews, show_views
 from .distributed import is_distributed, batch_shuffle_ddp, batch_unshuffle_ddp
@@ -51,6 +51,7 @@ def unlabeled_dls(df:pd.DataFrame,     # a reader's DataFrame: its `image` (and 
                   **kwargs,            # passed to `fundus_dls` (stats, seed, num_workers, device...)
                  ) -> DataLoaders:
     "`DataLoaders` of the images of `df` alone, FOV-cropped and resized: the SSL callback makes the views."
+    check_positive('size', size); check_positive('bs', bs)
     if 'image' not in df: raise ValueError(f"unlabeled_dls: the DataFrame needs an 'image' column (columns: {list(df.columns)})")
     aug = fundus_augs(size, train=False, fov_crop=fov_crop)
     dls = fundus_dls(df, (FundusImageBlock(),), [ColReader('image')], n_inp=1, size=size, augs=(aug, aug),

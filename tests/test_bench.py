@@ -4,6 +4,7 @@ skipped here to keep the test under a minute."""
 import json, math, os, subprocess, sys
 from pathlib import Path
 import pytest
+from hang_guard import communicate, run
 
 RUN = Path(__file__).parents[1]/'bench'/'run.py'
 SECTIONS = dict(gpu=('steps', 'switches', 'data', 'epoch_start_ms', 'segmentation', 'end_to_end'), cpu=('steps',))
@@ -17,8 +18,8 @@ def results(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp('bench')
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
     procs = {c: subprocess.Popen([sys.executable, str(RUN), c, '--smoke', '--out', str(out), '--skip', *SKIP[c]], env=env, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for c in SECTIONS}
-    logs = {c: p.communicate(timeout=300)[0] for c, p in procs.items()}
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True) for c in SECTIONS}
+    logs = {c: communicate(p, f'bench/run.py {c} --smoke')[0] for c, p in procs.items()}
     for c, p in procs.items(): assert p.returncode == 0, f'bench/run.py {c} --smoke failed:\n{logs[c][-3000:]}'
     return {c: json.loads((out/f'{c}-smoke.json').read_text()) for c in SECTIONS}
 
@@ -68,8 +69,7 @@ def test_epoch_start_prints_both_loaders():
     "bench/epoch_start.py, shrunk: one resident size, one worker, one timed epoch; a row of two positive times."
     script = RUN.parent/'epoch_start.py'
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-    out = subprocess.run([sys.executable, str(script), '--resident-gb', '0', '--workers', '1', '--epochs', '1'], env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = run([sys.executable, str(script), '--resident-gb', '0', '--workers', '1', '--epochs', '1'], 'bench/epoch_start.py', env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [l.split('|')[1:-1] for l in out.stdout.splitlines() if l.startswith('| 0 |')]
     assert len(rows) == 1 and all(float(v) > 0 for v in rows[0][1:]), out.stdout

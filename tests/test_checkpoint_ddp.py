@@ -2,10 +2,11 @@
 checkpoint intact for all of them, with a warning on rank 0 naming the damaged file.
 
 Also a script: `torchrun --nproc_per_node 2 tests/test_checkpoint_ddp.py OUT_DIR` (what the test runs)."""
-import os, socket, subprocess, sys, warnings
+import os, socket, sys, warnings
 from pathlib import Path
 import pytest
 import torch
+from hang_guard import run
 
 sys.path.insert(0, str(Path(__file__).parent/'scripts'))
 
@@ -53,7 +54,7 @@ def test_damaged_rank_file_falls_back_on_every_process(tmp_path):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc_per_node', '2',
            '--master_addr', '127.0.0.1', '--master_port', str(_free_port()), __file__, str(tmp_path)]
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONWARNINGS='ignore')
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    p = run(cmd, 'torchrun tests/test_checkpoint_ddp.py', env=env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     res = torch.load(tmp_path/'results.pth', weights_only=True)
     assert len(res['warnings']) == 1

@@ -242,6 +242,19 @@ def test_small_train_split_lowers_batch_size(drive_df):
     assert len(dls.train) == 1
 
 
+@pytest.mark.parametrize('bad', [dict(bs=0), dict(bs=-2), dict(size=0), dict(patch_size=0), dict(val_bs=0), dict(val_bs=-1)])
+def test_sizes_checked_before_any_work(drive_df, eyepacs_df, bad):
+    "A batch size or side that is not a positive int: an error naming it, before the rows are read (was ZeroDivisionError, `__len__() should return >= 0`, an albumentations error)."
+    (name, value), = bad.items()
+    msg = f'{name}={value}: expected a positive int'
+    with pytest.raises(ValueError, match=msg): segmentation_dls(drive_df, **{'size': 32, 'bs': 2, **bad})
+    with pytest.raises(ValueError, match=msg): fundus_dls(drive_df.iloc[:0], (FundusImageBlock(),), [None], **bad)  # not 'DataFrame is empty'
+    if name in ('bs', 'size'):
+        from fundus_ssl.pretrain import unlabeled_dls
+        with pytest.raises(ValueError, match=msg): unlabeled_dls(eyepacs_df, **{'size': 32, 'bs': 2, **bad})
+        with pytest.raises(ValueError, match=msg): unlabeled_dls(eyepacs_df.drop(columns='image'), **bad)  # before the column check
+
+
 # ---- real data ---------------------------------------------------------------------------------------------------
 def _need(name):
     path = fundus_data_root(name)

@@ -1,7 +1,8 @@
 "fundus_ssl.distributed in two real processes (torchrun, gloo on CPU) against one process on the global batch."
-import importlib.util, os, socket, subprocess, sys
+import importlib.util, os, socket, sys
 from pathlib import Path
 import pytest
+from hang_guard import run
 import torch
 
 SCRIPTS = Path(__file__).parent/'scripts'
@@ -19,7 +20,7 @@ def results(tmp_path_factory):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc_per_node', '2',
            '--master_addr', '127.0.0.1', '--master_port', str(_free_port()), str(SCRIPTS/'ddp_checks.py'), str(out)]
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONWARNINGS='ignore')
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    p = run(cmd, 'torchrun tests/scripts/ddp_checks.py', env=env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     return torch.load(out/'results.pth', weights_only=True)
 

@@ -1,5 +1,6 @@
 """Tiny, seeded fastai runs shared by the scripts and tests of checkpoint and distributed (seconds on one CPU core)."""
-import time
+import os, sys, time
+from pathlib import Path
 import torch
 from torch import nn
 from fastai.callback.core import Callback
@@ -7,6 +8,7 @@ from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.torch_core import set_seed
+from fundus_ssl.checkpoint import SaveState
 
 class QueueNet(nn.Module):
     "Tiny CNN whose logits also depend on a queue of past features, written in every training step."
@@ -40,6 +42,21 @@ class Slow(Callback):
     "Sleep after every epoch (drawing no random numbers), so a test can kill the process between checkpoints."
     def __init__(self, seconds): self.seconds = seconds
     def after_epoch(self): time.sleep(self.seconds)
+
+class Pause(Callback):
+    """After the checkpoint of epoch `after` is written, touch `ready` and wait to be killed: the kill lands between two
+    known checkpoints however busy the machine is. The wait ends with an error if the parent process is gone or after
+    `hang` seconds (FUNDUS_TEST_TIMEOUT, default 3600), so a forgotten child does not live on."""
+    order = SaveState.order + 1   # its checkpoint of this epoch is on disk
+    def __init__(self, after:int, ready, hang:float|None=None):
+        self.after, self.ready = after, Path(ready)
+        self.hang = hang or float(os.environ.get('FUNDUS_TEST_TIMEOUT') or 3600)
+    def after_epoch(self):
+        if self.epoch + 1 != self.after: return
+        parent, deadline = os.getppid(), time.monotonic() + self.hang
+        self.ready.touch()
+        while os.getppid() == parent and time.monotonic() < deadline: time.sleep(0.05)
+        sys.exit(f'paused after epoch {self.after} and not killed (parent gone or {self.hang:g} s passed)')
 
 def without_bars(learn:Learner) -> Learner:
     "`learn` without fastai's progress bars (present when something imported fastai.callback.progress)."
