@@ -58,3 +58,29 @@ def test_exported_encoder_is_the_trained_one(runs):
     for k, v in sd.items(): torch.testing.assert_close(v, model['encoder.model.' + k], msg=k)
     # and not the key network, which lags behind the query network
     assert any(not torch.equal(v, model['key_encoder.model.' + k]) for k, v in sd.items() if v.is_floating_point())
+
+# ---- runs that fail before any work, and an out_dir that is never written over unasked (fundus_ssl.runs)
+from experiments import experiment_error, snapshot
+
+def test_resume_is_recorded(runs):
+    out, *_ = runs
+    rec = json.loads((out/'run.json').read_text())
+    assert rec['notebook'] == 'run_pretrain' and rec['parameters']['stop_after'] == 1 and len(rec['resumed']) == 1
+
+def test_other_settings_are_refused(runs, tmp_path):
+    out, *_ = runs
+    before = snapshot(out)
+    err = experiment_error('run_pretrain', out, tmp_path/'nb.ipynb', **{**TINY, 'lr': 2e-3, 'resume': True})
+    assert err.startswith('OutDirError: ') and "lr: 0.001 in out_dir's run, 0.002 now" in err
+    assert snapshot(out) == before
+
+def test_unknown_parameter_fails_at_once(tmp_path):
+    err = experiment_error('run_pretrain', tmp_path/'out', tmp_path/'nb.ipynb', **TINY, knn_labl='eye')
+    assert err.startswith('ParameterError: ') and "unknown parameter 'knn_labl' (did you mean 'knn_label'" in err
+    assert not (tmp_path/'out').exists()
+
+def test_misspelled_values_fail_before_any_work(tmp_path):
+    err = experiment_error('run_pretrain', tmp_path/'out', tmp_path/'nb.ipynb',
+                           **{**TINY, 'method': 'mocov3', 'optimizer': 'adamw', 'reader': 'eyepacks', 'aug_overrides': {'p_blurr': 0.}})
+    for s in ("method='mocov3'", "optimizer='adamw'", "reader='eyepacks'", "(did you mean 'eyepacs'?)", "not 'p_blurr'"): assert s in err, (s, err)
+    assert not (tmp_path/'out').exists()

@@ -39,3 +39,22 @@ def test_metrics_json(run):
     assert set(rep['model']) == {'random', 'mocov2', 'random (init)', 'mocov2 (init)'}
     cka = pd.read_csv(run/'cka_models.csv', index_col=0)
     assert abs(cka.loc['random', 'random'] - 1) < 1e-6
+
+# ---- runs that fail before any work, and an out_dir that is never written over unasked (fundus_ssl.runs)
+from experiments import experiment_error, snapshot
+
+def test_other_settings_are_refused(run, tmp_path):
+    before = snapshot(run)
+    err = experiment_error('run_robustness', run, tmp_path/'nb.ipynb', **dict(TINY, metric='auc'))
+    assert err.startswith('OutDirError: ') and "metric: 'accuracy' in out_dir's run, 'auc' now" in err
+    assert snapshot(run) == before
+
+def test_unknown_parameter_fails_at_once(tmp_path):
+    err = experiment_error('run_robustness', tmp_path/'out', tmp_path/'nb.ipynb', **TINY, severity=[1])
+    assert err.startswith('ParameterError: ') and "unknown parameter 'severity' (did you mean 'severities'?)" in err
+    assert not (tmp_path/'out').exists()
+
+def test_misspelled_values_fail_before_any_work(tmp_path):
+    err = experiment_error('run_robustness', tmp_path/'out', tmp_path/'nb.ipynb', **dict(TINY, kinds=['gaussian_blur', 'jpg'], severities=[6]))
+    assert "kinds=['gaussian_blur', 'jpg']" in err and 'severities=[6]' in err
+    assert not (tmp_path/'out').exists()

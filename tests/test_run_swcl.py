@@ -29,3 +29,37 @@ def test_outputs_written(run):
     nb = json.loads((run/'run_swcl.ipynb').read_text())
     summary = ''.join(''.join(o.get('data', {}).get('text/markdown', '')) for o in nb['cells'][-1]['outputs'])
     assert 'AUC, fine-tuned' in summary and 'vessel Dice' in summary
+
+# ---- runs that fail before any work, and an out_dir that is never written over unasked (fundus_ssl.runs)
+from experiments import experiment_error, snapshot
+
+def test_unknown_parameter_fails_at_once(tmp_path):
+    err = experiment_error('run_swcl', tmp_path/'out', tmp_path/'run_swcl.ipynb', **TINY, label_schem='position')
+    assert err.startswith('ParameterError: ') and "unknown parameter 'label_schem' (did you mean 'label_scheme'?)" in err
+    assert 'label_scheme, multilabel' in err  # the valid names
+    assert not (tmp_path/'out').exists()  # nothing read or written
+
+def test_misspelled_values_fail_before_any_work(tmp_path):
+    err = experiment_error('run_swcl', tmp_path/'out', tmp_path/'run_swcl.ipynb',
+                           **dict(TINY, label_scheme='postion', precision='bf61', encoder='resnet_nope', multilabel='jacard'))
+    for name in ("label_scheme='postion'", "precision='bf61'", "encoder='resnet_nope'", "multilabel='jacard'"): assert name in err, (name, err)
+    assert "expected one of 'fp32', 'bf16', 'fp16'" in err and "(did you mean 'position'" in err
+    assert not (tmp_path/'out').exists()
+
+def test_existing_run_is_not_written_over(run, tmp_path):
+    before = snapshot(run)
+    assert {'pseudo_labels.csv', 'patches/patches.csv', 'metrics.json', 'run.json'} <= set(before)
+    err = experiment_error('run_swcl', run, tmp_path/'other.ipynb', **dict(TINY, label_scheme='position'))
+    assert err.startswith('OutDirError: ') and "label_scheme: 'all' in out_dir's run, 'position' now" in err
+    err = experiment_error('run_swcl', run, tmp_path/'same.ipynb', **TINY)  # the same settings: resume or overwrite, say which
+    assert 'same settings. Pass resume=True to continue it, pass overwrite=True' in err
+    assert snapshot(run) == before
+
+def test_finished_run_resumed(run, tmp_path):
+    "The same settings with resume=True continue the run: recorded in run.json, SWCL's losses those of its checkpoint, strict JSON."
+    # last in this file: it rewrites the run's results (in place: a copied folder's patch paths would point to the original)
+    before = json.loads((run/'metrics.json').read_text())
+    run_experiment('run_swcl', run, tmp_path/'resumed.ipynb', **TINY, resume=True)
+    m = json.loads((run/'metrics.json').read_text(), parse_constant=lambda c: pytest.fail(f'metrics.json holds {c}'))
+    assert len(json.loads((run/'run.json').read_text())['resumed']) == 1
+    assert m['pretraining'] == before['pretraining'] and m['pretraining']['swcl']['steps'] > 0  # not NaN over 0 steps

@@ -45,3 +45,25 @@ def test_tables(run):
     h = pd.read_csv(out/'hierarchical_convergence.csv')
     assert h.ssl_epochs.tolist() == [0, 1] and set(h.columns) >= {'epochs', 'steps', 'reached', 'speedup'}
     assert len(m['protocols']) == 6 and len(m['label_efficiency']) == 4 and len(m['hierarchical']) == 2
+
+
+# ---- runs that fail before any work, and an out_dir that is never written over unasked (fundus_ssl.runs)
+from experiments import experiment_error, snapshot
+
+def test_same_settings_are_refused_without_overwrite(run, tmp_path):
+    out, _ = run
+    before = snapshot(out)
+    err = experiment_error('run_transfer', out, tmp_path/'nb.ipynb', **TINY)
+    assert err.startswith('OutDirError: ') and 'run_transfer cannot continue a run: pass overwrite=True' in err
+    assert snapshot(out) == before
+
+def test_unknown_parameter_fails_at_once(tmp_path):
+    err = experiment_error('run_transfer', tmp_path/'out', tmp_path/'nb.ipynb', **TINY, fraction=[0.5])
+    assert err.startswith('ParameterError: ') and "unknown parameter 'fraction' (did you mean 'fractions'?)" in err
+    assert not (tmp_path/'out').exists()
+
+def test_misspelled_values_fail_before_any_work(tmp_path):
+    err = experiment_error('run_transfer', tmp_path/'out', tmp_path/'nb.ipynb',
+                           **dict(TINY, protocols=['linear', 'knnn'], metric='aucc', arch='resnet_nope', encoders={'random': 'random', 'x': 'nope.safetensors'}))
+    for s in ("protocols=['linear', 'knnn']", "metric='aucc'", "arch='resnet_nope'", "'nope.safetensors'"): assert s in err, (s, err)
+    assert not (tmp_path/'out').exists()
