@@ -1,5 +1,6 @@
-"""nbs/run_benchmark.ipynb at its smoke scale on the real datasets (FUNDUS_DATA): every stage, every initialisation and
-task, the summary with intervals and the claims, strict JSON; a rerun finds every stage done and trains nothing."""
+"""nbs/run_benchmark.ipynb at its smoke scale on the real datasets (FUNDUS_DATA): every stage and task, the summary with
+intervals and the claims, strict JSON; a rerun finds every stage done and trains nothing. To keep CI short it runs two
+initialisations (random and MoCo v2); `bench/benchmark_stages.py smoke` runs all six the same way."""
 import json, os
 from pathlib import Path
 import pandas as pd
@@ -18,18 +19,19 @@ def run(out:Path, **params):
 
 @pytest.fixture(scope='module')
 def smoke(tmp_path_factory):
-    return run(tmp_path_factory.mktemp('bench'), results_dir=str(tmp_path_factory.mktemp('results')))
+    return run(tmp_path_factory.mktemp('bench'), methods=METHODS, results_dir=str(tmp_path_factory.mktemp('results')))
+
+METHODS = 'random,mocov2'
 
 def test_every_method_and_task_has_three_seeds(smoke):
     cells = pd.read_csv(smoke/'cells.csv')
-    methods = {'random', 'supervised', 'mocov2', 'mocov2_local_decorr', 'byol', 'swcl'}
-    assert set(cells.method) == methods
+    assert set(cells.method) == set(METHODS.split(','))
     tasks = {'eyediseases4class_linear', 'eyediseases4class_fine_tune', 'odir_linear', 'odir_fine_tune', 'retinamnist_linear',
              'drive', 'stare_from_drive', 'drions_disc', 'representation'}
     assert tasks <= set(cells.task)
     per_cell = cells.groupby(['method', 'task', 'fraction', 'metric']).seed.nunique()
     assert (per_cell >= 3).all(), per_cell[per_cell < 3]
-    assert set(cells[cells.task == 'drive'].fraction) == {1, 5, 20}
+    assert set(cells[cells.task == 'drive'].fraction) == {0.05, 0.25, 1.0}   # 1, 5 and 20 of DRIVE's 20 training images
     assert set(cells[cells.task == 'eyediseases4class_linear'].fraction) == {0.01, 0.1, 1.0}
 
 def test_summary_claims_and_metrics(smoke):
@@ -38,14 +40,15 @@ def test_summary_claims_and_metrics(smoke):
     assert s[s.method != 'random'].verdict.isin(['better', 'worse', 'no difference', 'too few seeds']).all()
     claims = pd.read_csv(smoke/'claims.csv')
     assert len(claims) == 4 and claims.verdict.notna().all()
+    assert claims.verdict.str.startswith('not run').sum() == 3   # Kalapos's claim only needs MoCo v2 and random init
     m = json.loads((smoke/'metrics.json').read_text(), parse_constant=lambda c: pytest.fail(f'non-strict JSON: {c}'))
     assert m['scale'] == 'smoke' and m['commit'] and m['n_values'] == len(pd.read_csv(smoke/'cells.csv'))
-    assert {'mocov2', 'byol'} <= set(m['pretraining']) and m['pretraining']['mocov2']['images_per_s'] > 0
+    assert m['pretraining']['mocov2']['images_per_s'] > 0 and 0 <= m['pretraining']['mocov2']['data_wait_share'] < 1
 
 def test_encoders_load_in_plain_timm_and_the_unet(smoke):
     import timm, torch
     from fundus_ssl.segmentation import unet_model
-    for method in ('mocov2', 'byol', 'swcl', 'supervised'):
+    for method in ('mocov2',):
         f = smoke/'pretrain'/method/'encoder.safetensors'
         enc = timm.create_model('resnet10t', pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=str(f)))
         assert enc.eval()(torch.rand(2, 3, 32, 32)).shape == (2, enc.num_features)
@@ -53,6 +56,6 @@ def test_encoders_load_in_plain_timm_and_the_unet(smoke):
 
 def test_rerun_finds_everything_done(smoke, tmp_path):
     before = {f: f.stat().st_mtime_ns for f in (smoke/'cells').rglob('*.csv')}
-    nb = run(smoke.parent)   # same out_dir: every pretraining and every cell is done
+    run(smoke.parent, methods=METHODS)   # same out_dir: every pretraining and every cell is done
     assert {f: f.stat().st_mtime_ns for f in (smoke/'cells').rglob('*.csv')} == before
     assert 'done' in (smoke.parent/'run.ipynb').read_text()
