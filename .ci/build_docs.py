@@ -105,7 +105,7 @@ MATHJAX_JS = ("window.MathJax = {tex: {inlineMath: [['\\\\(', '\\\\)']], display
 
 # Sidebar sections by notebook number: the layers of the package, then the experiments.
 SECTIONS = [(0, 1, ''), (1, 6, 'Data'), (6, 10, 'Models and losses'), (10, 20, 'Methods'),
-            (20, 30, 'Evaluation'), (30, 40, 'Analyses')]
+            (20, 30, 'Evaluation'), (30, 40, 'Analyses'), (40, 50, 'Command line'), (90, 100, 'Results and reliability')]
 
 def section_of(stem:str) -> str:
     if stem == 'index': return ''
