@@ -265,7 +265,11 @@ def prepare_out_dir(out_dir:str|Path,     # where the run writes
     out = Path(out_dir).expanduser().resolve()
     if resume and overwrite: raise ParameterError('resume=True and overwrite=True: pass one (continue the run in out_dir, or replace it)')
     record = out/RUN_FILE
-    previous = json.loads(record.read_text()) if record.is_file() else None
+    try: previous = json.loads(record.read_text()) if record.is_file() else None
+    except (ValueError, OSError) as e:  # e.g. a zero-byte file
+        if not overwrite: raise OutDirError(f'{record} is no readable run record ({e}). Choose another out_dir, or pass overwrite=True '
+                                            'to write into it (nothing there is deleted).') from None
+        previous = None
     free = (*FREE, *free)
     if previous is None and _contents(out) and not overwrite:
         raise OutDirError(f'out_dir {out} holds files ({", ".join(p.name for p in _contents(out)[:5])}...) but no {RUN_FILE}: '
