@@ -60,12 +60,13 @@ from .representation import *
 from .robustness import *
 from .interpret import *
 from .benchmark import *
+from .runs import *
 
 # %% ../nbs/00_core.ipynb #b545dbe8
 LAYERS = ('hostsync', 'io', 'preprocess', 'synthetic', 'datasets', 'data', 'cache', 'models', 'layers', 'losses',
           'augment', 'distributed', 'pretrain', 'moco', 'byol', 'diagnostics', 'checkpoint', 'pseudolabel',
           'patches', 'swcl', 'metrics', 'transfer', 'segmentation', 'efficiency', 'representation',
-          'robustness', 'interpret', 'benchmark')
+          'robustness', 'interpret', 'benchmark', 'runs')
 
 def public_names(layers=LAYERS):
     "The public names of the package's layers, in layer order."

@@ -8,7 +8,7 @@ from fundus_ssl.runs import assigned_names
 import fundus_ssl.core, fundus_ssl.runs
 
 NBS = Path(__file__).parents[1]/'nbs'
-RUNS = [NBS/f'{n}.ipynb' for n in ('run_pretrain', 'run_swcl', 'run_transfer', 'run_robustness')]
+RUNS = [NBS/f'{n}.ipynb' for n in ('run_pretrain', 'run_swcl', 'run_transfer', 'run_robustness', 'run_benchmark')]
 
 def declared(path):
     cell = next(c for c in json.loads(path.read_text())['cells'] if 'parameters' in c['metadata'].get('tags', []))
