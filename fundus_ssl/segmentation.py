@@ -4,10 +4,10 @@
 
 # %% ../nbs/22_segmentation.ipynb #a37c56ae
 from __future__ import annotations
-import math, time
+import math, time, warnings
 from pathlib import Path
 from typing import Callable
-import numpy as np, pandas as pd, torch, timm
+import cv2, numpy as np, pandas as pd, torch, timm
 import torch.nn.functional as F
 from torch import nn, Tensor
 from safetensors import safe_open
@@ -17,22 +17,24 @@ from fastcore.meta import delegates
 from fastai.callback.core import Callback, CancelFitException
 from fastai.data.transforms import Normalize
 from fastai.learner import Learner
-from fastai.torch_core import params
+from fastai.torch_core import get_model, params
 from fastai.vision.learner import get_c  # also registers show_results for images and masks
 from fastai.vision.models.unet import DynamicUnet
 import fastai.callback.schedule  # adds fit_one_cycle to Learner
-from .io import read_image, read_mask
-from .preprocess import fov_mask, green_clahe
-from .data import IMAGENET_STATS
+from .io import MASK_ENCODINGS, check_same_size, read_image, read_mask
+from .preprocess import fit_circle, fov_bbox, fov_mask, green_clahe
+from .data import IMAGENET_STATS, AlbumentationsTransform, CropToFOV, _decode_mask
 from .models import (CheckpointError, Encoder, check_model_name, check_positive, create_encoder,
                                encoder_stages, imagenet_weights, load_encoder_weights, weights_file, weights_format)
 from .metrics import DiceMetric, dice_score, vessel_metrics, disc_cup_metrics
 
 # %% auto #0
-__all__ = ['WEIGHT_SUFFIXES', 'CLOCKS', 'WINDOW_MODES', 'exported_architecture', 'unet_encoder', 'encoder_body', 'unet_model',
-           'soft_dice_loss', 'DiceBCELoss', 'DiceCELoss', 'segmentation_loss', 'unet_splitter', 'FrozenEncoderEval',
-           'dice_metrics', 'segmentation_learner', 'resolve_clock', 'StepClock', 'TimeBudget', 'window_starts',
-           'window_weights', 'sliding_window', 'green_clahe_rgb', 'image_tensor', 'predict_segmentation',
+__all__ = ['WEIGHT_SUFFIXES', 'PREPROCESSINGS', 'CONFIG_BUFFERS', 'CLOCKS', 'WINDOW_MODES', 'TRUTH_ENCODINGS',
+           'exported_architecture', 'unet_encoder', 'encoder_body', 'green_clahe_rgb', 'FundusUnet',
+           'set_segmentation_config', 'segmentation_config', 'measure_fov_diameter', 'unet_model', 'soft_dice_loss',
+           'DiceBCELoss', 'DiceCELoss', 'segmentation_loss', 'unet_splitter', 'FrozenEncoderEval', 'dice_metrics',
+           'training_fov_diameter', 'segmentation_learner', 'resolve_clock', 'StepClock', 'TimeBudget', 'window_starts',
+           'window_weights', 'sliding_window', 'image_tensor', 'rescale_to_fov', 'predict_segmentation',
            'evaluate_segmentation', 'tune_threshold']
 
 # %% ../nbs/22_segmentation.ipynb #e3941329
@@ -89,6 +91,95 @@ def encoder_body(encoder:Encoder,     # the encoder (`unet_encoder`, `create_enc
         raise ValueError(f'depth={depth}: {encoder.name} has {len(levels)} feature levels (reductions {encoder.reductions})')
     return stages[:list(dict(stages.named_children())).index(levels[depth - 1]) + 1]
 
+# %% ../nbs/22_segmentation.ipynb #01cc2565
+@delegates(green_clahe)
+def green_clahe_rgb(img, # fundus image (anything `read_image` reads)
+                    **kwargs) -> np.ndarray: # (H, W, 3) uint8, three equal channels
+    "`green_clahe` replicated on three channels: a vessel-contrast input for RGB encoders."
+    return np.repeat(green_clahe(img, **kwargs)[..., None], 3, axis=2)
+
+PREPROCESSINGS = {'none': None, 'green_clahe_rgb': green_clahe_rgb}  # the input preprocessings a model records, by name
+CONFIG_BUFFERS = ('cfg_mean', 'cfg_std', 'cfg_preprocess', 'cfg_fov_diameter')
+_NAME_BYTES = 64
+
+def _name_tensor(name:str) -> Tensor:
+    b = name.encode()
+    if len(b) > _NAME_BYTES: raise ValueError(f'preprocess={name!r}: a recorded name has at most {_NAME_BYTES} bytes')
+    return torch.tensor(list(b) + [0] * (_NAME_BYTES - len(b)), dtype=torch.uint8)
+
+def _init_config(m:nn.Module, n_chans:int):
+    "Unrecorded conventions buffers on `m`, for `n_chans` input channels."
+    m.register_buffer('cfg_mean', torch.full((n_chans,), math.nan)); m.register_buffer('cfg_std', torch.full((n_chans,), math.nan))
+    m.register_buffer('cfg_preprocess', _name_tensor('')); m.register_buffer('cfg_fov_diameter', torch.tensor(math.nan))
+
+class FundusUnet(DynamicUnet):
+    "fastai's `DynamicUnet` that records its input conventions (normalisation, preprocessing, FOV diameter) as buffers."
+    def __init__(self, encoder, n_out, img_size, in_chans:int=3, **kwargs):
+        super().__init__(encoder, n_out, img_size, **kwargs)
+        _init_config(self, in_chans)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        n = len(missing_keys)  # a state dict from before the buffers existed loads, leaving them unrecorded
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        missing_keys[n:] = [k for k in missing_keys[n:] if k[len(prefix):] not in CONFIG_BUFFERS]
+
+def _preprocess_name(preprocess) -> str:
+    "The `PREPROCESSINGS` name of `preprocess` (a name, a registered function, or None for 'none')."
+    if preprocess is None: return 'none'
+    if isinstance(preprocess, str) and preprocess in PREPROCESSINGS: return preprocess
+    name = next((k for k, f in PREPROCESSINGS.items() if f is preprocess and f is not None), None)
+    if name is None:
+        raise ValueError(f'preprocess={preprocess!r}: a model records its preprocessing by name: expected None or one of '
+                         f'{list(PREPROCESSINGS)} or their functions (register your own first: PREPROCESSINGS["mine"] = f)')
+    return name
+
+def _stats_tensors(stats) -> tuple[Tensor, Tensor]:
+    try: mean, std = (torch.as_tensor(s, dtype=torch.float32).flatten() for s in stats)
+    except (TypeError, ValueError, RuntimeError): mean = std = None
+    if mean is None or len(mean) != len(std) or not len(mean) or not (std > 0).all() or not mean.isfinite().all():
+        raise ValueError(f'stats={stats!r}: expected (mean, std), one number per input channel, std > 0')
+    return mean, std
+
+def set_segmentation_config(model,                  # a model (a `Learner`'s too), usually a `FundusUnet`
+                            stats:tuple|None=None,  # (mean, std) per channel, of [0, 1] pixels
+                            preprocess=None,        # a name or function of `PREPROCESSINGS`; 'none' for none
+                            fov_diameter:float|None=None, # FOV diameter (px) of the training images as the model saw them
+                           ) -> nn.Module:          # the model, its buffers set
+    "Record the input conventions of `model` in its buffers; what is left None stays as it was."
+    m = get_model(model.model if isinstance(model, Learner) else model)
+    mean, std = _stats_tensors(stats) if stats is not None else (None, None)
+    if not hasattr(m, 'cfg_mean'): _init_config(m, len(mean) if mean is not None else 3)
+    if mean is not None:
+        if len(mean) != len(m.cfg_mean):
+            if isinstance(m, FundusUnet): raise ValueError(f'stats={stats!r}: {len(mean)} channels for a model of {len(m.cfg_mean)} input channels')
+            _init_config(m, len(mean))  # another module: its buffers follow the statistics
+        m.cfg_mean.copy_(mean); m.cfg_std.copy_(std)
+    if preprocess is not None: m.cfg_preprocess.copy_(_name_tensor(_preprocess_name(None if preprocess == 'none' else preprocess)))
+    if fov_diameter is not None:
+        check_positive('fov_diameter', fov_diameter, integer=False)
+        m.cfg_fov_diameter.fill_(float(fov_diameter))
+    return model
+
+def segmentation_config(model, # a model or a `Learner`
+                       ) -> dict: # stats (mean, std lists), preprocess (a name), fov_diameter (px): None where unrecorded
+    "The input conventions `model` records (see `set_segmentation_config`)."
+    m = get_model(model.model if isinstance(model, Learner) else model)
+    if not hasattr(m, 'cfg_mean'): return dict(stats=None, preprocess=None, fov_diameter=None)
+    mean, std = m.cfg_mean.float().cpu(), m.cfg_std.float().cpu()
+    name = bytes(m.cfg_preprocess.cpu().tolist()).rstrip(b'\0').decode()
+    d = float(m.cfg_fov_diameter)
+    return dict(stats=None if mean.isnan().any() else (mean.tolist(), std.tolist()), preprocess=name or None,
+                fov_diameter=None if math.isnan(d) else d)
+
+def measure_fov_diameter(fov:np.ndarray, # (H, W) field-of-view mask
+                        ) -> float:      # its diameter in px
+    "The FOV's diameter: twice the radius of its fitted circle (`fit_circle`), else the larger side of its bounding box."
+    fov = np.asarray(fov) > 0
+    top, left, bottom, right = fov_bbox(fov)  # an empty mask: ValueError
+    box = max(bottom - top, right - left)
+    try: d = 2 * fit_circle(fov)[2]
+    except ValueError: return float(box)  # no left/right arcs inside the image to fit
+    return float(d) if 0.9 * box <= d <= 1.5 * box else float(box)
+
 # %% ../nbs/22_segmentation.ipynb #e58fa165
 @delegates(DynamicUnet.__init__, but=['encoder', 'n_out', 'img_size'])
 def unet_model(encoder:str|Path|Encoder='resnet18', # timm name, `Encoder` or exported encoder file (see `unet_encoder`)
@@ -98,12 +189,17 @@ def unet_model(encoder:str|Path|Encoder='resnet18', # timm name, `Encoder` or ex
                in_chans:int=3,             # input channels
                img_size:tuple=(64, 64),    # the size DynamicUnet traces its shapes with (any input size works later)
                verbose:bool=True,          # print the weights' load report
+               stats:tuple|None=None,      # input normalisation (mean, std) to record; default ImageNet's for weights='imagenet'
+               preprocess=None,            # input preprocessing to record (see `set_segmentation_config`)
+               fov_diameter:float|None=None, # training FOV diameter (px) to record
                **kwargs,                   # more `DynamicUnet` arguments: `last_cross`, `blur`, `self_attention`...
-              ) -> DynamicUnet:            # with `load_report` (None for random init)
+              ) -> FundusUnet:             # with `load_report` (None for random init)
     "fastai's `DynamicUnet` on a timm encoder: random, ImageNet or SSL weights, one logit channel when binary."
     if n_classes < 2: raise ValueError(f'n_classes={n_classes}: count the background too (2 for a binary mask)')
     enc = unet_encoder(encoder, weights, in_chans, verbose)
-    model = DynamicUnet(encoder_body(enc, depth), 1 if n_classes == 2 else n_classes, img_size, **kwargs)
+    model = FundusUnet(encoder_body(enc, depth), 1 if n_classes == 2 else n_classes, img_size, in_chans=in_chans, **kwargs)
+    if stats is None and isinstance(weights, str) and weights == 'imagenet': stats = IMAGENET_STATS
+    set_segmentation_config(model, stats, preprocess, fov_diameter)
     model.load_report = enc.load_report
     return model
 
@@ -187,6 +283,38 @@ def dice_metrics(n_classes:int=2,       # classes, background included
     if n_classes == 2: return [DiceMetric((1,), name='dice')]
     return [DiceMetric((c,), name=f'dice_{codes[c] if codes else c}') for c in range(1, n_classes)]
 
+def _dls_stats(dls) -> tuple|None:
+    "(mean, std) of the `Normalize` batch transform of `dls`, or None."
+    try: tfms = dls.train.after_batch.fs
+    except (AttributeError, IndexError): return None  # a learner without DataLoaders (e.g. from load_learner)
+    norm = next((f for f in tfms if isinstance(f, Normalize)), None)
+    return None if norm is None else (_plain(norm.mean).flatten().cpu().tolist(), _plain(norm.std).flatten().cpu().tolist())
+
+def _train_resize(dls) -> tuple[bool, int|None]:
+    "Whether the training pipeline of `dls` crops to the FOV, and the shorter side it resizes to (None: native)."
+    tfm = next((t for t in getattr(getattr(dls.train, 'after_item', None), 'fs', []) if isinstance(t, AlbumentationsTransform)), None)
+    steps = list(getattr(getattr(tfm, 'train_aug', None), 'transforms', []))
+    side = next((t.max_size for t in steps if type(t).__name__ == 'SmallestMaxSize'), None)
+    return any(isinstance(t, CropToFOV) for t in steps), (side[0] if isinstance(side, (list, tuple)) else side)
+
+def training_fov_diameter(dls,               # segmentation DataLoaders whose items have an `image` column
+                          max_images:int=32, # measure at most this many distinct images, evenly spread
+                         ) -> float|None:    # the median diameter (px), None when there is nothing to measure
+    "The FOV diameter of the training images of `dls` as the model sees them: after the pipeline's FOV crop and resize."
+    items = getattr(dls.train, 'items', None)
+    if not isinstance(items, pd.DataFrame) or 'image' not in items: return None
+    srcs = list({(str(s) if isinstance(s, (str, Path)) else id(s)): s for s in items['image']}.values())
+    srcs = [srcs[i] for i in np.unique(np.linspace(0, len(srcs) - 1, min(max_images, len(srcs))).round().astype(int))] if srcs else []
+    crop, side = _train_resize(dls)
+    diameters = []
+    for src in srcs:
+        img = read_image(src)
+        fov = fov_mask(img)
+        if not fov.any(): continue
+        top, left, bottom, right = fov_bbox(fov) if crop else (0, 0, *img.shape[:2])
+        diameters.append(measure_fov_diameter(fov) * (side / min(bottom - top, right - left) if side else 1))
+    return float(np.median(diameters)) if diameters else None
+
 @delegates(Learner.__init__, but=['model', 'loss_func', 'metrics', 'splitter', 'train_bn'])
 def segmentation_learner(dls,                        # segmentation DataLoaders (`segmentation_dls`)
                          encoder:str|Path|Encoder='resnet18', # timm name, `Encoder` or exported file (see `unet_encoder`)
@@ -198,11 +326,15 @@ def segmentation_learner(dls,                        # segmentation DataLoaders 
                          metrics=None,               # default `dice_metrics(n_classes, codes)`
                          unet_kwargs:dict|None=None, # more `unet_model` arguments (`in_chans`, `last_cross`, ...)
                          verbose:bool=True,          # print the weights' load report
+                         preprocess=None,            # the preprocessing the training images went through, to record (a `PREPROCESSINGS` name or function)
+                         fov_diameter:float|bool|None=None, # training FOV diameter to record; None: `training_fov_diameter(dls)`; False: none
                          **kwargs):                  # `Learner` arguments (`opt_func`, `cbs`, `path`...)
     "A fastai `Learner` for segmentation transfer: U-Net on a timm encoder, Dice + XE loss, Dice metrics."
     n_classes = n_classes or get_c(dls)
     codes = getattr(dls.train.after_item, 'codes', None)
-    model = unet_model(encoder, n_classes, weights, depth, verbose=verbose, **(unet_kwargs or {}))
+    if fov_diameter is None: fov_diameter = training_fov_diameter(dls)
+    conventions = dict(stats=_dls_stats(dls), preprocess=preprocess, fov_diameter=fov_diameter or None)
+    model = unet_model(encoder, n_classes, weights, depth, verbose=verbose, **{**conventions, **(unet_kwargs or {})})
     learn = Learner(dls, model, loss_func=loss_func or segmentation_loss(n_classes),
                     metrics=dice_metrics(n_classes, codes) if metrics is None else metrics,
                     splitter=unet_splitter, train_bn=not frozen, **kwargs)
@@ -327,18 +459,9 @@ def sliding_window(model,                   # a module (or callable) mapping [n,
     return out[..., ph // 2:ph // 2 + H, pw // 2:pw // 2 + W]
 
 # %% ../nbs/22_segmentation.ipynb #eeec76bb
-@delegates(green_clahe)
-def green_clahe_rgb(img, # fundus image (anything `read_image` reads)
-                    **kwargs) -> np.ndarray: # (H, W, 3) uint8, three equal channels
-    "`green_clahe` replicated on three channels: a vessel-contrast input for RGB encoders."
-    return np.repeat(green_clahe(img, **kwargs)[..., None], 3, axis=2)
-
 def _learner_stats(learn:Learner) -> tuple|None:
     "(mean, std) of the learner's `Normalize` batch transform, or None."
-    try: tfms = learn.dls.train.after_batch.fs
-    except (AttributeError, IndexError): return None  # a learner without DataLoaders (e.g. from load_learner)
-    norm = next((f for f in tfms if isinstance(f, Normalize)), None)
-    return None if norm is None else (_plain(norm.mean).flatten().cpu(), _plain(norm.std).flatten().cpu())
+    return _dls_stats(getattr(learn, 'dls', None))
 
 def _default_activation(y:Tensor) -> Tensor: return y.sigmoid() if y.shape[1] == 1 else y.softmax(1)
 
@@ -353,74 +476,160 @@ def image_tensor(image,                  # path or RGB array (anything `read_ima
     mean, std = (torch.as_tensor(s, dtype=torch.float32).view(1, -1, 1, 1) for s in stats)
     return (x - mean) / std
 
+def _preprocess_fn(preprocess) -> Callable|None:
+    "The function `preprocess` names (None, False or 'none': none)."
+    if preprocess is None or preprocess is False: return None
+    if callable(preprocess): return preprocess
+    if preprocess not in PREPROCESSINGS:
+        raise ValueError(f'preprocess={preprocess!r}: not a name of PREPROCESSINGS {list(PREPROCESSINGS)}; pass the function, '
+                         f'or register it in this process first (PREPROCESSINGS[{preprocess!r}] = f)')
+    return PREPROCESSINGS[preprocess]
+
+def _conventions(learn_or_model, stats, preprocess, activation) -> tuple:
+    "(model, stats, preprocess function, activation, recorded config): the arguments given, else what the model records."
+    is_learner = isinstance(learn_or_model, Learner)
+    model = learn_or_model.model if is_learner else learn_or_model
+    cfg = segmentation_config(model)
+    stats = stats or cfg['stats'] or (_learner_stats(learn_or_model) if is_learner else None)
+    if stats is None:
+        raise ValueError(f'{type(get_model(model)).__name__} records no normalisation statistics and no stats were given: pass '
+                         'stats=(mean, std) of its training (IMAGENET_STATS for ImageNet weights), or record them with '
+                         'set_segmentation_config (segmentation_learner records those of its DataLoaders)')
+    if is_learner: activation = activation or getattr(learn_or_model.loss_func, 'activation', None)
+    return model, stats, _preprocess_fn(cfg['preprocess'] if preprocess is None else preprocess), activation or _default_activation, cfg
+
+def _fov_target(fov_rescale, cfg:dict) -> float|None:
+    "The FOV diameter (px) to rescale to: None (no rescaling), the model's (True) or the number given."
+    if fov_rescale is None or fov_rescale is False: return None
+    if fov_rescale is True:
+        if cfg['fov_diameter'] is None:
+            raise ValueError('fov_rescale=True: the model records no training FOV diameter; pass fov_rescale=<diameter in px>, '
+                             'or record it (segmentation_learner measures it; set_segmentation_config(model, fov_diameter=...))')
+        return cfg['fov_diameter']
+    check_positive('fov_rescale', fov_rescale, integer=False)
+    return float(fov_rescale)
+
+def rescale_to_fov(img:np.ndarray,   # (H, W, C) uint8 image
+                   fov:np.ndarray,   # (H, W) its FOV mask
+                   diameter:float,   # the FOV diameter (px) wanted
+                  ) -> tuple[np.ndarray, float]: # the image resized (itself when the size would not change), and the scale
+    "`img` resized so that its field of view measures `diameter` px across (`measure_fov_diameter`)."
+    check_same_size(img, fov, 'the image', 'its FOV mask')
+    scale = diameter / measure_fov_diameter(fov)
+    (h, w), (nh, nw) = img.shape[:2], (max(1, round(img.shape[0] * scale)), max(1, round(img.shape[1] * scale)))
+    if (nh, nw) == (h, w): return img, scale
+    return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR), scale
+
+def _predict(learn_or_model, image, window=256, overlap=0.5, stats=None, preprocess=None, activation=None,
+             fov_rescale=False, fov=None, **kwargs) -> tuple[np.ndarray, float]:
+    "`predict_segmentation`, and the scale the image was predicted at."
+    model, stats, preprocess, activation, cfg = _conventions(learn_or_model, stats, preprocess, activation)
+    img, scale, target = read_image(image), 1.0, _fov_target(fov_rescale, cfg)
+    size = img.shape[:2]
+    if target is not None: img, scale = rescale_to_fov(img, fov_mask(img) if fov is None else np.asarray(fov) > 0, target)
+    probs = sliding_window(model, image_tensor(img, stats, preprocess), window, overlap, activation=activation, **kwargs)
+    if probs.shape[-2:] != size: probs = F.interpolate(probs, size=size, mode='bilinear', align_corners=False, antialias=True)
+    probs = probs[0].cpu().numpy()
+    return (probs[0] if len(probs) == 1 else probs), scale
+
 @delegates(sliding_window, but=['model', 'x', 'activation'])
 def predict_segmentation(learn_or_model,        # a `Learner` (its model, stats and activation) or a model
                          image,                 # path or RGB array (anything `read_image` reads)
                          window:int|tuple=256,  # window side (see `sliding_window`)
                          overlap:float=0.5,     # overlap of the windows
-                         stats:tuple|None=None, # normalisation (mean, std); default: the learner's, else ImageNet's
-                         preprocess=None,       # `preprocess(uint8 RGB) -> uint8 (H, W, C)`, as in training
+                         stats:tuple|None=None, # normalisation (mean, std); default: the model's recorded, else the learner's
+                         preprocess=None,       # function or `PREPROCESSINGS` name; default the model's; False: none
                          activation=None,       # default: the learner's loss activation, else sigmoid / softmax
+                         fov_rescale:bool|float=False, # predict with the FOV rescaled to the model's training diameter (True) or to this many px
+                         fov:np.ndarray|None=None, # the image's FOV mask for `fov_rescale` (default: `fov_mask` of the image)
                          **kwargs,              # more `sliding_window` arguments (`mode`, `batch_size`...)
-                        ) -> np.ndarray:        # float32 probabilities: [H, W] binary, [K, H, W] multi-class
-    "Class probabilities of a whole image at native resolution, by blended sliding windows."
-    is_learner = isinstance(learn_or_model, Learner)
-    model = learn_or_model.model if is_learner else learn_or_model
-    if is_learner:
-        stats = stats or _learner_stats(learn_or_model)
-        activation = activation or getattr(learn_or_model.loss_func, 'activation', None)
-    x = image_tensor(image, stats or IMAGENET_STATS, preprocess)
-    probs = sliding_window(model, x, window, overlap, activation=activation or _default_activation, **kwargs)[0]
-    probs = probs.cpu().numpy()
-    return probs[0] if len(probs) == 1 else probs
+                        ) -> np.ndarray:        # float32 probabilities at the image's size: [H, W] binary, [K, H, W] multi-class
+    "Class probabilities of a whole image, by blended sliding windows, at native resolution or at the training FOV scale."
+    return _predict(learn_or_model, image, window, overlap, stats, preprocess, activation, fov_rescale, fov, **kwargs)[0]
 
 # %% ../nbs/22_segmentation.ipynb #a5c8b100
 def _missing(v) -> bool: return v is None or (isinstance(v, float) and math.isnan(v))
 
 def _name(row, idx) -> str: return Path(row['image']).name if isinstance(row['image'], (str, Path)) else str(idx)
 
-def _scores(probs:np.ndarray, truth:np.ndarray, fov:np.ndarray, threshold:float, encoding:str|None) -> dict:
+def _source(src) -> str: return ' + '.join(map(_source, src)) if isinstance(src, (list, tuple)) else str(src) if isinstance(src, (str, Path)) else '<array>'
+
+TRUTH_ENCODINGS = (*MASK_ENCODINGS, 'drishti', 'lesions')
+
+def _truth_columns(df:pd.DataFrame, mask_col, encoding:str|None) -> tuple[str, list]:
+    "The encoding of `df`'s masks and the column(s) holding them."
+    encoding = encoding or df.attrs.get('mask_encoding') or 'binary'
+    if encoding not in TRUTH_ENCODINGS: raise ValueError(f'encoding={encoding!r}: expected one of {list(TRUTH_ENCODINGS)}')
+    if encoding == 'lesions' and (mask_col is None or isinstance(mask_col, (list, tuple))):
+        raise ValueError(f"lesion masks: choose one lesion with mask_col, one of {df.attrs.get('mask_cols')}")
+    cols = list(L(mask_col or (['mask', 'mask_cup'] if encoding == 'drishti' else 'mask')))
+    if encoding == 'drishti' and len(cols) != 2: raise ValueError(f'mask_col={mask_col!r}: Drishti truth needs the disc and cup columns')
+    absent = [c for c in cols if c not in df]
+    if absent: raise ValueError(f'mask column {absent} not in the DataFrame (columns: {list(df.columns)})')
+    return encoding, cols
+
+def _truth(srcs:list, encoding:str, shape:tuple) -> np.ndarray:
+    if encoding == 'lesions': return np.zeros(shape, np.uint8) if _missing(srcs[0]) else read_mask(srcs[0])
+    return _decode_mask(tuple(srcs) if encoding == 'drishti' else srcs[0], encoding)
+
+def _scores(probs:np.ndarray, truth:np.ndarray, fov:np.ndarray|None, threshold:float, encoding:str|None) -> dict:
     "The metrics of one image: vessel metrics (binary), disc/cup metrics, or a Dice per class."
     if probs.ndim == 2: return vessel_metrics(probs, truth, fov, threshold)
     pred = probs.argmax(0)
     if encoding in ('refuge', 'drishti'): return disc_cup_metrics(pred, truth)
     return {f'dice_{c}': dice_score(pred == c, truth == c, fov) for c in range(1, len(probs))}
 
-def _predictions(model, df:pd.DataFrame, mask_col:str, fov_col:str, encoding:str, **kwargs):
-    "Per row of `df`: (index, row, probabilities, truth, FOV)."
+def _predictions(model, df:pd.DataFrame, cols:list, fov_col:str, encoding:str, skipped:list, caller:str, **kwargs):
+    "Per row of `df` with a truth: (index, row, probabilities, truth, FOV, scale); rows without one are added to `skipped` and warned."
     for idx, row in df.iterrows():
-        probs = predict_segmentation(model, row['image'], **kwargs)
-        truth = read_mask(row[mask_col], encoding)
-        fov = (read_mask(row[fov_col]) > 0) if fov_col in row and not _missing(row[fov_col]) else fov_mask(row['image'])
-        yield idx, row, probs, truth, fov
+        srcs = [row[c] for c in cols]
+        if encoding != 'lesions' and any(map(_missing, srcs)): skipped.append(_name(row, idx)); continue
+        img = read_image(row['image'])
+        truth = _truth(srcs, encoding, img.shape[:2])
+        check_same_size(img, truth, _source(row['image']), _source(srcs))
+        if fov_col in row and not _missing(row[fov_col]):
+            fov = read_mask(row[fov_col]) > 0
+            check_same_size(img, fov, _source(row['image']), _source(row[fov_col]))
+        else: fov = None if encoding in ('refuge', 'drishti') and not kwargs.get('fov_rescale') else fov_mask(img)
+        probs, scale = _predict(model, img, fov=fov, **kwargs)
+        yield idx, row, probs, truth, fov, scale
+    if skipped:
+        warnings.warn(f'{caller}: {len(skipped)} of {len(df)} images have no truth file in {cols} and are skipped: '
+                      f'{skipped[:10]}{" ..." if len(skipped) > 10 else ""}')
+        if len(skipped) == len(df): raise ValueError(f'{caller}: none of the {len(df)} images has a truth file in {cols}')
 
-@delegates(predict_segmentation, but=['learn_or_model', 'image'])
+@delegates(predict_segmentation, but=['learn_or_model', 'image', 'fov'])
 def evaluate_segmentation(model,                # a `Learner` or a model (see `predict_segmentation`)
-                          df:pd.DataFrame,      # a reader's DataFrame: `image`, `mask`, optionally `fov`
+                          df:pd.DataFrame,      # a reader's DataFrame: `image`, the truth column(s), optionally `fov`
                           threshold:float=0.5,  # binary: foreground where probability >= threshold
-                          mask_col:str='mask',  # the truth column
+                          mask_col:str|list|None=None, # the truth column (default 'mask'; Drishti ['mask', 'mask_cup']; IDRiD: a lesion's)
                           fov_col:str='fov',    # the FOV mask column (absent or None: estimated with `fov_mask`)
                           encoding:str|None=None, # mask encoding (default `df.attrs['mask_encoding']`, else 'binary')
-                          **kwargs,             # `predict_segmentation` arguments: window, overlap, preprocess...
-                         ) -> tuple[pd.DataFrame, pd.Series]: # per-image metrics (index of df), and their means
-    "Per-image segmentation metrics inside the field of view, predicted at native resolution."
-    encoding = encoding or df.attrs.get('mask_encoding') or 'binary'
-    rows = {idx: {'image': _name(row, idx), **_scores(p, t, f, threshold, encoding)}
-            for idx, row, p, t, f in _predictions(model, df, mask_col, fov_col, encoding, **kwargs)}
+                          fov_rescale:bool|float=False, # predict at the training FOV scale (True) or this diameter, score at native size
+                          **kwargs,             # `predict_segmentation` arguments: window, overlap, stats, preprocess...
+                         ) -> tuple[pd.DataFrame, pd.Series]: # per-image metrics (index of df), and their means; skipped images in `.attrs['skipped']`
+    "Per-image segmentation metrics inside the field of view, for images predicted at native resolution or at the training FOV scale."
+    encoding, cols = _truth_columns(df, mask_col, encoding)
+    rows, skipped = {}, []
+    for idx, row, p, t, f, s in _predictions(model, df, cols, fov_col, encoding, skipped, 'evaluate_segmentation',
+                                             fov_rescale=fov_rescale, **kwargs):
+        rows[idx] = {'image': _name(row, idx), **_scores(p, t, f, threshold, encoding), **({'fov_scale': s} if fov_rescale not in (None, False) else {})}
     table = pd.DataFrame.from_dict(rows, orient='index')
-    return table, table.mean(numeric_only=True)
+    means = table.mean(numeric_only=True)
+    table.attrs['skipped'] = means.attrs['skipped'] = skipped
+    return table, means
 
-@delegates(predict_segmentation, but=['learn_or_model', 'image'])
+@delegates(predict_segmentation, but=['learn_or_model', 'image', 'fov'])
 def tune_threshold(model,               # a `Learner` or a binary model
                    df:pd.DataFrame,     # images to tune on (the training images, not the test images)
                    thresholds=None,     # candidates (default 0.2, 0.25, ..., 0.8)
                    mask_col:str='mask', fov_col:str='fov', # truth and FOV columns (see `evaluate_segmentation`)
-                   **kwargs,            # `predict_segmentation` arguments
+                   **kwargs,            # `predict_segmentation` arguments (`fov_rescale`...)
                   ) -> tuple[float, pd.Series]: # the best threshold, and the mean Dice of each candidate
     "The probability threshold with the best mean Dice inside the FOV over the images of `df`."
     thresholds = np.linspace(0.2, 0.8, 13) if thresholds is None else np.asarray(thresholds, dtype=float)
     dice = []
-    for _, _, p, t, f in _predictions(model, df, mask_col, fov_col, 'binary', **kwargs):
+    for _, _, p, t, f, _ in _predictions(model, df, [mask_col], fov_col, 'binary', [], 'tune_threshold', **kwargs):
         if p.ndim != 2: raise ValueError('tune_threshold: binary models only (one probability map per image)')
         dice.append([dice_score(p >= th, t, f) for th in thresholds])
     means = pd.Series(np.mean(dice, 0), index=np.round(thresholds, 4), name='dice')

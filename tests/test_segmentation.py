@@ -8,7 +8,7 @@ from torch import nn
 from fastai.callback.schedule import combined_cos
 
 from fundus_ssl.core import fundus_data_root
-from fundus_ssl.data import segmentation_dls
+from fundus_ssl.data import IMAGENET_STATS, segmentation_dls
 from fundus_ssl.datasets import read_drive
 from fundus_ssl.io import read_mask
 from fundus_ssl.models import create_encoder, export_encoder
@@ -214,6 +214,6 @@ def test_predict_real_drive_at_native_resolution():
     df = read_drive(root)
     row = df[df.split == 'test'].iloc[0]
     model = unet_model('resnet18', depth=2, verbose=False)
-    prob = predict_segmentation(model, row['image'], window=256, overlap=0.25)
+    prob = predict_segmentation(model, row['image'], window=256, overlap=0.25, stats=IMAGENET_STATS)
     assert prob.shape == read_mask(row['mask']).shape == (584, 565)
     assert 0 <= prob.min() and prob.max() <= 1
