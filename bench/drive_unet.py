@@ -132,8 +132,8 @@ def main(argv=None):
     print(f'{len(train_df)} training images, {len(test_df)} test images; data ready in {time.perf_counter() - t0:.1f} s; '
           f'input {args.input}, stats {stats}')
 
-    learn = segmentation_learner(dls, 'resnet18', depth=args.depth, metrics=[],
-                                 unet_kwargs=dict(last_cross=args.last_cross), verbose=False)
+    learn = segmentation_learner(dls, 'resnet18', depth=args.depth, metrics=[], preprocess=preprocess, fov_diameter=False,
+                                 unet_kwargs=dict(last_cross=args.last_cross), verbose=False)   # the model stores its preprocessing
     n_params = sum(p.numel() for p in learn.model.parameters())
     if args.channels_last: learn.add_cb(ChannelsLast())
     if device.type == 'cuda': learn.to_fp16()

@@ -407,8 +407,9 @@ def bench_segmentation(cfg, device) -> dict:
     import torch
     from fundus_ssl.synthetic import make_fundus
     from fundus_ssl.segmentation import unet_model, predict_segmentation
+    from fastai.vision.core import imagenet_stats as IMAGENET_STATS
     img = make_fundus(0, size=584)['image'][:, 9:574]           # 584 x 565, DRIVE's size
-    model = unet_model(cfg['seg_encoder'], n_classes=2, verbose=False).to(device).eval()
+    model = unet_model(cfg['seg_encoder'], n_classes=2, verbose=False, stats=IMAGENET_STATS).to(device).eval()   # timing only: any statistics
     bf16 = cfg['bf16'] and device.type == 'cuda'
     if cfg['bf16'] and not bf16: print('  bf16: off on a CPU (bfloat16 convolutions are emulated there)')
     run = lambda: predict_segmentation(model, img, window=cfg['seg_window'], overlap=0.5, batch_size=8)
