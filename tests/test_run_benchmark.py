@@ -27,7 +27,7 @@ def test_every_method_and_task_has_three_seeds(smoke):
     cells = pd.read_csv(smoke/'cells.csv')
     assert set(cells.method) == set(METHODS.split(','))
     tasks = {'eyediseases4class_linear', 'eyediseases4class_fine_tune', 'odir_linear', 'odir_fine_tune', 'retinamnist_linear',
-             'drive', 'stare_from_drive', 'drions_disc', 'representation'}
+             'drive', 'stare_from_drive', 'stare_from_drive_native', 'drions_disc', 'representation'}
     assert tasks <= set(cells.task)
     per_cell = cells.groupby(['method', 'task', 'fraction', 'metric']).seed.nunique()
     assert (per_cell >= 3).all(), per_cell[per_cell < 3]
