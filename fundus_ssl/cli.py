@@ -243,12 +243,14 @@ def _settings(p:dict) -> dict:
 def _run_record(out:Path, p:dict):
     "Write `run.json`, or check that an existing one holds the same settings (a resumed run) before any work."
     f, mine = out/'run.json', _settings(p)
-    if f.exists():
+    existed = f.exists()
+    if existed:
         old = json.loads(f.read_text())
         diffs = [f'{k}: {old.get(k)!r} there, {mine.get(k)!r} now' for k in sorted(set(old) | set(mine)) if old.get(k) != mine.get(k)]
         if not p['resume']: raise FileExistsError(f'pretrain: {out} holds another run (run.json): pass --resume to continue it, or another --out-dir')
         if diffs: raise ValueError(f'pretrain: --resume with other settings than the run in {out}:\n  ' + '\n  '.join(diffs))
-    elif rank() == 0:
+    _barrier()   # every process has looked before rank 0 writes (else a later process finds this run's own record)
+    if not existed and rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
         f.write_text(json.dumps(mine, indent=1, default=list))
 
