@@ -23,7 +23,7 @@ def stages(methods, tasks) -> list:
 def small_files(out:Path) -> list:
     "The result files worth keeping: JSON and CSV of the pretraining and the cells, the report's files and figures."
     keep = [*out.glob('pretrain/*/metrics.json'), *out.glob('pretrain/*/losses.json'), *out.glob('cells/*/*.csv'), *out.glob('robustness/*.csv'),
-            *out.glob('curves/*/*.csv'), *[out/n for n in ('cells.csv', 'summary.csv', 'claims.csv', 'metrics.json')], *out.glob('*.png')]
+            *out.glob('curves/*/*.csv'), *[out/n for n in ('cells.csv', 'summary.csv', 'claims.csv', 'claims_numbers.csv', 'findings.md', 'metrics.json')], *out.glob('*.png')]
     return [f for f in keep if f.exists() and f.stat().st_size < 2_000_000]
 
 def copy_results(out:Path, dest:Path) -> list:
