@@ -681,13 +681,17 @@ def write_odir_like(root,              # folder to create (e.g. .../ODIR-5K)
                     n_patients:int=10, # patients (up to two images each)
                     size:int=256,      # image side, px
                     seed:int=0,        # dataset seed
+                    p_normal:float|None=None, # share of patients drawn healthy (both eyes normal); None: all drawn (~1 eye in 10 normal)
                    ) -> Path:
     "A synthetic multi-label dataset in the layout of the Kaggle ODIR-5K mirror (`full_df.csv`, `preprocessed_images/`)."
     _check_count('n_patients', n_patients, 10**5)
+    if p_normal is not None and not 0 <= p_normal <= 1: raise ValueError(f'p_normal must be a share in [0, 1] or None, got {p_normal!r}')
     root, rng = Path(root), np.random.default_rng([seed, 5])
     rows = {'right': [], 'left': []}
     for pid in _patient_ids(rng, n_patients, 0):
-        eyes = make_patient(pid, size, seed=_seed(seed, 5))
+        healthy = p_normal is not None and rng.random() < p_normal   # drawn only when asked: the default stream is unchanged
+        kw = dict(dr_grade=0, dme_risk=0, cdr=round(float(rng.uniform(0.2, 0.5)), 3), amd=0) if healthy else {}
+        eyes = make_patient(pid, size, seed=_seed(seed, 5), **kw)
         kw = {e: odir_diagnosis(ex) for e, ex in eyes.items()}
         letters = {l for e in EYES for _, l in kw[e]}
         flags = [int(letters == {'N'})] + [int(l in letters) for l in 'DGCAHMO']

@@ -325,3 +325,12 @@ def test_eyepacs_like_matches_the_real_csv(tmp_path):
     r, o = ((p / 'trainLabels.csv').read_bytes().split(b'\n')[:3] for p in (real, ours))
     assert r[0] == o[0] and [x.split(b',')[0].split(b'_')[1] for x in r[1:]] == [x.split(b',')[0].split(b'_')[1] for x in o[1:]]
     assert sorted(p.suffix for p in (real / 'sample').iterdir())[0] == sorted(p.suffix for p in (ours / 'train').iterdir())[0]
+
+def test_odir_like_p_normal_sets_the_class_balance(tmp_path):
+    "Drawn ODIR-like eyes are ~1 in 10 normal; p_normal makes that share of patients healthy (both eyes written, labelled N)."
+    import fundus_ssl.datasets as D
+    df = D.read_odir(write_odir_like(tmp_path / 'ODIR', 30, size=64, p_normal=0.5))
+    assert 0.3 < (df['label'] == 'normal').mean() < 0.75
+    drawn = D.read_odir(write_odir_like(tmp_path / 'ODIR0', 30, size=64))
+    assert (drawn['label'] == 'normal').mean() < 0.25
+    with pytest.raises(ValueError, match='p_normal must be a share'): write_odir_like(tmp_path / 'x', 2, p_normal=1.5)
