@@ -30,7 +30,7 @@ def assigned_names(source:str, # the source of a cell
     names = []
     for node in ast.parse(source).body:
         if isinstance(node, ast.Assign): targets = node.targets
-        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)): targets = [node.target]
+        elif isinstance(node, ast.AugAssign) or (isinstance(node, ast.AnnAssign) and node.value is not None): targets = [node.target]
         else: continue
         names += [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
     return list(dict.fromkeys(names))
