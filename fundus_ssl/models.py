@@ -4,22 +4,25 @@
 
 # %% ../nbs/06_models.ipynb #6a275dbd
 from __future__ import annotations
-import difflib, numbers, os, pickle, warnings
+import difflib, json, numbers, os, pickle, warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 import torch, timm
 from torch import nn, Tensor
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from fastcore.foundation import L
 from timm.models import adapt_input_conv, get_pretrained_cfg
+from timm.models._hub import save_config_for_hf  # timm 1.0.31 (pinned): its hub config writer
+from timm.models._input import get_model_args
 
 # %% auto #0
-__all__ = ['WEIGHT_FILES', 'WRAPPER_KEYS', 'SAFE_GLOBALS', 'WEIGHTS_ENV', 'COMMON_PREFIXES', 'check_positive', 'check_model_name',
-           'CheckpointError', 'weights_file', 'weights_format', 'read_state_dict', 'imagenet_weight_paths',
-           'imagenet_weights', 'WeightsReport', 'strip_prefixes', 'PartialLoadWarning', 'load_encoder_weights',
-           'Encoder', 'create_encoder', 'export_encoder', 'encoder_stages', 'mlp_head']
+__all__ = ['WEIGHT_FILES', 'WRAPPER_KEYS', 'SAFE_GLOBALS', 'WEIGHTS_ENV', 'COMMON_PREFIXES', 'SOURCE_CFG_KEYS', 'check_positive',
+           'check_model_name', 'CheckpointError', 'weights_file', 'weights_format', 'read_state_dict',
+           'imagenet_weight_paths', 'imagenet_weights', 'WeightsReport', 'strip_prefixes', 'PartialLoadWarning',
+           'load_encoder_weights', 'Encoder', 'create_encoder', 'export_encoder', 'encoder_stages', 'mlp_head']
 
 # %% ../nbs/06_models.ipynb #f6c20e8e
 def check_positive(name:str,           # the parameter's name, as the caller wrote it (e.g. 'bs')
@@ -391,17 +394,50 @@ class Encoder(nn.Module):
         return self.model.forward_intermediates(x, intermediates_only=True)
 
 # %% ../nbs/06_models.ipynb #88e20c9c
-def create_encoder(name:str, # any timm model name, e.g. 'resnet50', 'efficientnet_b0', 'convnext_tiny'
+def _saved_config(src) -> tuple[str|None, dict]:
+    "The timm architecture and arguments an export records: a folder's `config.json` (timm's hub format) or a safetensors file's metadata; (None, {}) when none."
+    path = Path(src).expanduser()
+    if path.is_dir():
+        cfg_file = path/'config.json'
+        if not cfg_file.is_file(): return None, {}
+        try: cfg = json.loads(cfg_file.read_text())
+        except ValueError as e: raise ValueError(f'{cfg_file}: not valid JSON ({e}): expected the config.json of a timm model folder') from None
+        if not isinstance(cfg, dict) or not isinstance(cfg.get('model_args', {}), dict):
+            raise ValueError(f"{cfg_file}: expected a JSON object with 'architecture' and a 'model_args' object (timm's hub format)")
+        return cfg.get('architecture'), dict(cfg.get('model_args') or {})
+    try:
+        if weights_format(path) != 'safetensors': return None, {}
+        with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
+        return meta.get('architecture'), json.loads(meta.get('model_args', '{}'))
+    except Exception: return None, {}  # a damaged file: the weight loader names the problem
+
+def _same_arch(a:str|None, b:str|None) -> bool: return bool(a and b) and a.split('.')[0] == b.split('.')[0]
+
+def create_encoder(name:str|None=None, # any timm model name, e.g. 'resnet50', 'efficientnet_b0', 'convnext_tiny'; None: the one an export in `pretrained` records
                    pretrained:str|Path|None=None, # None, 'imagenet', or a weight file/folder
-                   in_chans:int=3, # input channels; pretrained RGB filters of the first conv are adapted (1: summed)
-                   **timm_kwargs, # passed to `timm.create_model` (drop_path_rate, global_pool, ...)
+                   in_chans:int|None=None, # input channels (None: an export's, else 3); pretrained RGB filters of the first conv are adapted (1: summed)
+                   **timm_kwargs, # passed to `timm.create_model` (drop_path_rate, global_pool, img_size, ...), over an export's
                   ) -> Encoder:
-    "A headless timm encoder, with weights only from local files."
+    "A headless timm encoder, with weights only from local files; an export's recorded architecture and timm arguments are the defaults."
     if pretrained is True:
         raise ValueError("pretrained=True would download from the hub: pass 'imagenet' (local weights found through "
                          f"${WEIGHTS_ENV} or the timm/HF caches) or a weight file or folder")
-    check_model_name(name, "name"); check_positive("in_chans", in_chans)
-    encoder = Encoder(timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **timm_kwargs))
+    if isinstance(name, str) and name.startswith('local-dir:'):
+        if pretrained is not None: raise ValueError(f'name={name!r} names the weights already: pass no pretrained (got {pretrained!r})')
+        name, pretrained = None, name[len('local-dir:'):]
+    saved, args = None, {}
+    if pretrained and pretrained != 'imagenet':
+        saved, args = _saved_config(weights_file(pretrained).parent if Path(pretrained).expanduser().is_dir() else pretrained)
+    if name is None:
+        if saved is None: raise ValueError('create_encoder: pass name, a timm model name' + (
+            f'; {pretrained} records none (no config.json with an architecture, as export_encoder writes)' if pretrained else ''))
+        name = saved
+    if not _same_arch(name, saved): args = {}  # another architecture's arguments: the strict load reports the mismatch
+    args = {k: v for k, v in {**args, **timm_kwargs}.items() if k != 'num_classes'}
+    if in_chans is not None: args['in_chans'] = in_chans
+    args.setdefault('in_chans', 3)
+    check_model_name(name, "name"); check_positive("in_chans", args['in_chans'])
+    encoder = Encoder(timm.create_model(name, pretrained=False, num_classes=0, **args))
     if pretrained:
         path = imagenet_weights(name) if pretrained == 'imagenet' else weights_file(pretrained)
         encoder.load_report = load_encoder_weights(encoder.model, path, module='', strict=True)
@@ -413,31 +449,75 @@ def _arch_name(src) -> str|None:
     cfg = getattr(src, 'pretrained_cfg', None)
     return cfg.get('architecture') if cfg else None
 
-def _reference(name:str, in_chans:int=3) -> nn.Module:
-    "The headless timm model `name`, on the meta device (its keys and shapes only)."
-    with torch.device('meta'): return timm.create_model(name, num_classes=0, in_chans=in_chans)
+def _timm_args(src, name:str) -> dict:
+    "The timm arguments the model `name` in `src` was created with: recorded by timm on an Encoder, timm model or module holding one, or by an export."
+    if isinstance(src, (str, Path)):
+        if not Path(src).expanduser().exists(): return {}
+        saved, args = _saved_config(src)
+        return args if _same_arch(saved, name) else {}
+    model = src.model if isinstance(src, Encoder) else src
+    if not isinstance(model, nn.Module): return {}
+    found = [m for m in model.modules() if hasattr(m, '_model_args')
+             and _same_arch(getattr(m, 'pretrained_cfg', {}).get('architecture'), name)]
+    return get_model_args(found[0]) if found else {}
 
-def export_encoder(src:nn.Module|str|Path|dict, # an Encoder, timm model, training module, checkpoint or state dict
-                   path:str|Path, # the .safetensors file to write
-                   name:str|None=None, # the timm model name; read from an Encoder or timm model when None
+def _reference(name:str, **args) -> nn.Module:
+    "The headless timm model `name` created with `args`, on the meta device (its keys and shapes only)."
+    with torch.device('meta'): return timm.create_model(name, num_classes=0, **args)
+
+def _json_args(args:dict) -> dict:
+    "`args`, checked to be JSON-serializable (the export records them)."
+    for k, v in args.items():
+        try: json.dumps(v)
+        except (TypeError, ValueError):
+            raise ValueError(f'timm argument {k}={v!r} cannot be written to JSON: pass model_args={{{k!r}: <a JSON value timm accepts>}}') from None
+    return args
+
+SOURCE_CFG_KEYS = ('tag', 'license', 'paper_ids', 'paper_name', 'origin_url', 'notes', 'hf_hub_id', 'url')  # describe timm's published weights, not an export's
+
+def _write_folder(ref:nn.Module, tensors:dict, folder:Path, metadata:dict):
+    "`config.json` (timm's `save_config_for_hf`, less the published weights' provenance) and `model.safetensors` in `folder`."
+    folder.mkdir(parents=True, exist_ok=True)
+    save_config_for_hf(ref, str(folder/'config.json'))
+    cfg = json.loads((folder/'config.json').read_text())
+    for k in SOURCE_CFG_KEYS: cfg['pretrained_cfg'].pop(k, None)
+    (folder/'config.json').write_text(json.dumps(cfg, indent=2))
+    save_file(tensors, str(folder/'model.safetensors'), metadata=metadata)
+
+def export_encoder(src:nn.Module|str|Path|dict, # an Encoder, timm model, training module, checkpoint (file or folder) or state dict
+                   path:str|Path, # a *.safetensors file, or a folder (timm's `config.json` + `model.safetensors`)
+                   name:str|None=None, # the timm model name; read from an Encoder, timm model or export when None
                    prefix:str|None=None, # select source keys under this prefix (see `strip_prefixes`)
+                   model_args:dict|None=None, # timm arguments of the encoder (img_size, patch_size, in_chans...) over those recorded in `src`
                   ) -> WeightsReport:
-    "Write the encoder in `src` as a plain headless timm state dict (safetensors); report the keys dropped."
+    "Write the encoder in `src` as a plain headless timm state dict, as a safetensors file or a folder timm loads; report the keys dropped."
     path = Path(path)
-    if path.suffix != '.safetensors': raise ValueError(f'{path}: export writes safetensors, name the file *.safetensors')
-    name = name or _arch_name(src)
+    if path.suffix.lower() in ('.pth', '.pt', '.bin', '.ckpt', '.pkl', '.npz', '.h5') or (path.is_file() and path.suffix != '.safetensors'):
+        raise ValueError(f'{path}: export writes safetensors: name a *.safetensors file, or a folder (config.json + model.safetensors)')
+    folder = path.suffix != '.safetensors'
+    exported = isinstance(src, (str, Path)) and Path(src).expanduser().exists()
+    name = name or _arch_name(src) or (_saved_config(src)[0] if exported else None)
     if name is None: raise ValueError('export_encoder: pass name=, the timm model name of the encoder')
     source = _source_name(src)
-    ref = _reference(name)
+    given = dict(model_args or {})
+    args = {k: v for k, v in {**_timm_args(src, name), **given}.items() if k != 'num_classes'}
+    ref = _reference(name, **args)
     sd, names, dropped, stripped = strip_prefixes(read_state_dict(src), prefix, keep=ref.state_dict())
     conv_key = _first_conv_key(ref)
-    if conv_key in sd and sd[conv_key].ndim == 4: ref = _reference(name, in_chans=sd[conv_key].shape[1])
+    if 'in_chans' not in given and conv_key in sd and sd[conv_key].ndim == 4:
+        args['in_chans'] = sd[conv_key].shape[1]; ref = _reference(name, **args)
     report, tensors = _plan(sd, names, ref.state_dict(), None, source, str(path))
     report.unexpected = dropped + report.unexpected; report.stripped = stripped
-    if not report.ok: raise ValueError(f'{source} does not hold a complete {name} encoder:\n{report}')
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path),
-              metadata={'format': 'pt', 'architecture': name, 'exported_by': 'fundus_ssl'})
+    if not report.ok:
+        hint = ('\nA shape differs: if the encoder was created with timm arguments that change weight shapes (img_size, '
+                'patch_size, ...), pass them as model_args=' if report.mismatched else '')
+        raise ValueError(f'{source} does not hold a complete {name} encoder:\n{report}{hint}')
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = {'format': 'pt', 'architecture': name, 'exported_by': 'fundus_ssl', 'model_args': json.dumps(_json_args(args))}
+    if folder: _write_folder(ref, tensors, path, metadata)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata=metadata)
     return report
 
 # %% ../nbs/06_models.ipynb #81f7f7cf
