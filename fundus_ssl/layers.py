@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_layers.ipynb #abca79df
 from __future__ import annotations
-import itertools
+import itertools, math
 from typing import Callable
 import torch
 from torch import nn, Tensor
@@ -12,19 +12,32 @@ from fastcore.basics import store_attr
 from .models import check_positive
 
 # %% auto #0
-__all__ = ['Whitening', 'ZCAWhitening', 'IterNorm', 'replace_last_norm']
+__all__ = ['WHITENING_GROUPS', 'whitening_groups', 'Whitening', 'ZCAWhitening', 'IterNorm', 'replace_last_norm']
+
+# %% ../nbs/07_layers.ipynb #a7c3e1d0
+WHITENING_GROUPS = ('grouped', 'paper')
+
+def whitening_groups(num_features:int,      # channels C to whiten
+                     setting:str='grouped', # 'grouped': groups of gcd(C, 64) channels; 'paper': one group of all C
+                    ) -> int:               # the number of groups G
+    "The number of channel groups of a named whitening setting."
+    if setting == 'paper': return 1
+    if setting == 'grouped': return num_features // math.gcd(num_features, 64)
+    raise ValueError(f'num_groups={setting!r}: expected an int or one of {WHITENING_GROUPS}')
+
 
 # %% ../nbs/07_layers.ipynb #e80fc29e
 class Whitening(nn.Module):
     "Base of the whitening layers: channel groups, batch/running statistics, affine output; subclasses give `whitening_matrix`."
     def __init__(self, num_features:int,       # channels C of the input [N, C] or [N, C, *]
-                 num_groups:int=1,             # whiten G groups of C/G channels separately
+                 num_groups:int|str=1,         # whiten G groups of C/G channels separately, or a setting of `whitening_groups`
                  group_size:int|None=None,     # or give the channels per group (overrides `num_groups`)
                  eps:float=1e-5,               # added to the covariance diagonal
                  momentum:float=0.1,           # weight of the batch value in the running estimates
                  affine:bool=True):            # learn a per-channel scale and shift after whitening, as BatchNorm
         super().__init__()
         check_positive('num_features', num_features)
+        if isinstance(num_groups, str): num_groups = whitening_groups(num_features, num_groups)
         if group_size is not None:
             if group_size < 1 or num_features % group_size:
                 raise ValueError(f'group_size={group_size} must divide num_features={num_features}')
@@ -86,7 +99,7 @@ class ZCAWhitening(Whitening):
 class IterNorm(Whitening):
     "Whitening by T Newton iterations towards $\\Sigma^{-1/2}$ (Huang et al. 2019), with running statistics for evaluation."
     def __init__(self, num_features:int,       # channels C of the input [N, C] or [N, C, *]
-                 num_groups:int=1,             # whiten G groups of C/G channels separately
+                 num_groups:int|str=1,         # whiten G groups of C/G channels separately, or a setting of `whitening_groups`
                  group_size:int|None=None,     # or give the channels per group (overrides `num_groups`)
                  T:int=5,                      # Newton iterations
                  eps:float=1e-5,               # added to the covariance diagonal

@@ -136,3 +136,20 @@ def test_replace_last_norm_keeps_device():
     replace_last_norm(enc, IterNorm)
     assert enc.layer4[1].bn2.running_wm.is_cuda
     assert enc(torch.randn(2, 3, 64, 64, device='cuda')).is_cuda
+
+
+# ---- channel groups by name -------------------------------------------------------------------------------------
+@pytest.mark.parametrize('C,setting,groups', [(2048, 'paper', 1), (2048, 'grouped', 32), (512, 'grouped', 8), (96, 'grouped', 3)])
+def test_group_settings_by_name(C, setting, groups):
+    for layer in (IterNorm, ZCAWhitening): assert layer(C, num_groups=setting).num_groups == groups
+
+def test_paper_setting_replaces_last_norm_with_one_group_of_all_channels():
+    "Hassanpour et al.'s code: IterNorm of one group in place of the last BatchNorm of layer4."
+    enc = timm.create_model('resnet18', pretrained=False, num_classes=0)
+    replace_last_norm(enc, partial(IterNorm, num_groups='paper'))
+    bn = enc.layer4[1].bn2
+    assert isinstance(bn, IterNorm) and (bn.num_groups, bn.group_size, bn.T) == (1, 512, 5)
+    assert bn.running_wm.shape == (1, 512, 512)
+
+def test_unknown_group_setting_is_a_clear_error():
+    with pytest.raises(ValueError, match="num_groups='groups': expected an int or one of"): IterNorm(64, num_groups='groups')
