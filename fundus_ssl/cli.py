@@ -13,6 +13,7 @@ import torch.distributed as dist
 from fastai.callback.core import Callback, CancelFitException
 from fastai.optimizer import SGD, Adam
 from . import datasets
+from .datasets import read_image_table  # reader 'table': a CSV/XLSX of image paths (moved to datasets)
 from .augment import aug_settings
 from .byol import byol_learner
 from .checkpoint import SaveState
@@ -27,7 +28,7 @@ from .synthetic import write_eyepacs_like
 # %% auto #0
 __all__ = ['MOCO_VARIANTS', 'PRETRAIN_METHODS', 'METHOD_ALIASES', 'OPTIMIZERS', 'PRETRAIN_PARAMETERS', 'pretrain_defaults',
            'check_pretrain_params', 'LossLog', 'Throughput', 'weights_fingerprint', 'ranks_in_step', 'pretrain_images',
-           'read_image_table', 'fixed_views', 'pretrain_learner', 'pretrain', 'pretrain_parser', 'main']
+           'fixed_views', 'pretrain_learner', 'pretrain', 'pretrain_parser', 'main']
 
 # %% ../nbs/40_cli.ipynb #26e6f11f
 _AUG_DEFAULT = dict(scale=(0.6, 1.0), p_jitter=0., p_gray=0., p_blur=0.)
@@ -191,18 +192,6 @@ def pretrain_images(p:dict, out:Path) -> pd.DataFrame:
         return datasets.read_eyepacs(root)
     if p['reader'] == 'table': return read_image_table(p['root'])
     return getattr(datasets, f"read_{p['reader']}")(p['root'])
-
-def read_image_table(path:str|Path, # a CSV with an `image` column: absolute paths, or paths relative to the CSV's folder
-                    ) -> pd.DataFrame: # its rows, `image` as absolute paths (a `split` column, if any, is kept)
-    "The images listed in a CSV (reader 'table'): every file must exist."
-    path = Path(path)
-    df = pd.read_csv(path)
-    if 'image' not in df: raise ValueError(f"{path}: a table of images needs an 'image' column (columns: {list(df.columns)})")
-    df['image'] = [str(p if Path(p).is_absolute() else path.parent/p) for p in df['image'].astype(str)]
-    missing = [p for p in df['image'] if not Path(p).exists()]
-    if missing: raise FileNotFoundError(f'{path}: {len(missing)} of its {len(df)} images do not exist, e.g. {missing[0]}')
-    if df['image'].duplicated().any(): raise ValueError(f"{path}: images listed twice, e.g. {df['image'][df['image'].duplicated()].iloc[0]}")
-    return df
 
 def fixed_views(size:int) -> tuple:
     "Views that draw no random numbers: the whole image, and its mirror image."

@@ -4,19 +4,20 @@
 
 # %% ../nbs/04_datasets.ipynb #010ef3fd
 from __future__ import annotations
-import functools, re, textwrap, warnings
+import functools, inspect, re, textwrap, warnings
 from pathlib import Path
 import numpy as np, pandas as pd
 from sklearn.model_selection import StratifiedKFold, StratifiedGroupKFold
 
 # %% auto #0
-__all__ = ['LAYOUTS', 'IMAGE_EXTS', 'ODIR_LABELS', 'EYEDISEASES_CLASSES', 'DatasetLayoutError', 'DatasetLabelError',
-           'MissingFilesWarning', 'DuplicateRowsWarning', 'expects_layout', 'fold_split', 'read_paired_folders',
-           'read_folder_per_class', 'read_csv_with_paths', 'read_drive', 'read_stare', 'read_chase_db1', 'read_hrf',
-           'read_idrid_segmentation', 'read_refuge_classification', 'read_refuge_segmentation', 'read_drishti_gs1',
-           'read_odoc_multidomain', 'read_drions_db', 'read_eyepacs', 'read_aptos2019', 'read_messidor',
-           'read_messidor2', 'read_idrid_grading', 'read_ddr', 'read_retinamnist', 'odir_keywords', 'odir_is_normal',
-           'read_odir', 'read_rfmid', 'read_eyediseases4class']
+__all__ = ['LAYOUTS', 'IMAGE_EXTS', 'SPLITS', 'EYES', 'ODIR_LABELS', 'EYEDISEASES_CLASSES', 'DatasetLayoutError',
+           'DatasetLabelError', 'MissingFilesWarning', 'DuplicateRowsWarning', 'expects_layout', 'fold_split',
+           'read_paired_folders', 'read_folder_per_class', 'read_csv_with_paths', 'read_image_folder',
+           'read_class_folders', 'read_image_table', 'reader_for', 'read_drive', 'read_stare', 'read_chase_db1',
+           'read_hrf', 'read_idrid_segmentation', 'read_refuge_classification', 'read_refuge_segmentation',
+           'read_drishti_gs1', 'read_odoc_multidomain', 'read_drions_db', 'read_eyepacs', 'read_aptos2019',
+           'read_messidor', 'read_messidor2', 'read_idrid_grading', 'read_ddr', 'read_retinamnist', 'odir_keywords',
+           'odir_is_normal', 'read_odir', 'read_rfmid', 'read_eyediseases4class']
 
 # %% ../nbs/04_datasets.ipynb #95fc4a13
 class DatasetLayoutError(FileNotFoundError):
@@ -333,6 +334,171 @@ def read_csv_with_paths(csv,                     # label file: .csv, .txt, .xls 
     df = pd.DataFrame({'id': [_split_ext(n)[0] for n in names], **_labels(table, csv, labels)}, index=table.index)
     df = _with_images(df, names, folder if folder is not None else Path(csv).parent, dataset, csv, strict)
     return _finish(df.assign(split=split), dataset, task, csv, label_cols=[n for n,_ in labels.values()])
+
+# %% ../nbs/04_datasets.ipynb #22cbb51e
+SPLITS, EYES = ('train', 'valid', 'test'), ('left', 'right')
+
+def _one_of(value, allowed, what:str):
+    "`value` if None or in `allowed`; else a `ValueError` naming the parameter."
+    if value is not None and value not in allowed: raise ValueError(f'{what}={value!r}: expected None or one of {list(allowed)}')
+    return value
+
+def _hidden(rel:Path) -> bool: return any(part.startswith(('.', '__')) for part in rel.parts)
+
+def _globbed_images(root, glob:str, dataset:str, exts=IMAGE_EXTS) -> list[Path]:
+    "Sorted image files under `root` matching `glob` (hidden files and folders skipped); one file per stem in each folder; an error naming `root` when none."
+    if not isinstance(glob, str) or not glob or Path(glob).is_absolute():
+        raise ValueError(f"glob={glob!r}: expected a pattern relative to the folder, e.g. '**/*' (all, recursively) or '*.png'")
+    root = _need(root, dataset)
+    if not root.is_dir(): raise DatasetLayoutError(dataset, root, 'is a file: expected a folder of images')
+    exts = tuple(e.lower() for e in exts)
+    files = sorted(p for p in root.glob(glob) if _split_ext(p.name)[1].lower() in exts
+                   and not _hidden(p.relative_to(root)) and p.is_file())
+    if not files:
+        sub = '' if '**' in glob or not any(p.is_dir() for p in root.iterdir()) else " (it has sub-folders: '**/*' reads them)"
+        raise DatasetLayoutError(dataset, root, f"holds no images matching {glob!r} (extensions {', '.join(exts)}, any case){sub}")
+    folders = {}
+    for p in files: folders.setdefault(p.parent, []).append(p)
+    for fs in folders.values(): _one_file_per_id(fs, root, dataset)
+    return files
+
+def _rel_id(p:Path, root:Path) -> str:
+    "The path of image `p` relative to `root`, without its extension: its id."
+    return _split_ext(p.relative_to(root).as_posix())[0]
+
+@expects_layout('image folder', """
+    root/  images anywhere below it (img001.jpg, sub/img002.png ...), picked by `glob`; no labels
+    """)
+def read_image_folder(root,                 # folder of images
+                      glob:str='**/*',      # which files, relative to `root`: '**/*' every file below it, '*.png' ...
+                      exts=IMAGE_EXTS,      # image extensions (any case); other files are skipped
+                      split:str|None=None,  # the `split` of every row: None, 'train', 'valid' or 'test'
+                      dataset:str='image folder', # name for the `dataset` column and errors
+                     ) -> pd.DataFrame:
+    "Unlabeled images: every file below `root` matching `glob` with an image extension; `id` is its path relative to `root`."
+    files = _globbed_images(root, glob, dataset, exts)
+    df = pd.DataFrame({'image': [str(p) for p in files], 'id': [_rel_id(p, Path(root)) for p in files]})
+    return _finish(df.assign(split=_one_of(split, SPLITS, 'split')), dataset, 'unlabeled', root)
+
+# %% ../nbs/04_datasets.ipynb #86923057
+@expects_layout('class folders', """
+    root/
+      class_a/  img001.jpg, img002.png ...   (their sub-folders too with `recursive`)
+      class_b/  ...
+    """)
+def read_class_folders(root,                  # folder holding one sub-folder per class
+                       classes:list|dict|None=None, # class folders to read, or a dict folder -> label (None: every sub-folder)
+                       recursive:bool=False,  # also the images in the sub-folders of each class folder
+                       label_col:str='label', # the column of the labels
+                       split:str|None=None,   # the `split` of every row: None, 'train', 'valid' or 'test'
+                       dataset:str='class folders', # name for the `dataset` column and errors
+                       exts=IMAGE_EXTS,       # image extensions (any case)
+                      ) -> pd.DataFrame:
+    "Classification images in a folder per class, the classes given or inferred; `id` is the path relative to `root`."
+    found = _class_dirs(root, dataset)
+    if classes is None:
+        if len(found) < 2:
+            raise DatasetLayoutError(dataset, root, f"holds {'no class folders' if not found else f'a single sub-folder, {found[0]!r}'}: "
+                                     "a folder per class needs one folder per class (classes=[...] names the ones to read)")
+        classes = found
+    if isinstance(classes, str): raise ValueError(f'classes={classes!r}: expected a list of class folders, or a dict folder -> label')
+    labels = dict(classes) if isinstance(classes, dict) else {c: c for c in classes}
+    missing = [c for c in labels if c not in found]
+    if missing: raise DatasetLayoutError(dataset, root, f"class folders {missing} not found (it holds {found})")
+    loose = _image_files(root, dataset, exts)
+    if loose and isinstance(classes, list) and classes == found:
+        warnings.warn(f"{dataset}: {root}: {len(loose)} images outside the class folders (e.g. {loose[0].name}) have no class: "
+                      "not read", MissingFilesWarning)
+    root = Path(root)
+    parts = []
+    for folder, label in labels.items():
+        files = _globbed_images(root/folder, '**/*' if recursive else '*', dataset, exts)
+        parts.append(pd.DataFrame({'image': [str(p) for p in files], 'id': [_rel_id(p, root) for p in files], label_col: label}))
+    df = pd.concat(parts, ignore_index=True)
+    return _finish(df.assign(split=_one_of(split, SPLITS, 'split')), dataset, 'classification', root, label_cols=[label_col])
+
+# %% ../nbs/04_datasets.ipynb #178286ba
+def _table_column(table:pd.DataFrame, col:str) -> str|None:
+    "The column of `table` named `col` (ignoring surrounding spaces), or None."
+    return next((c for c in table.columns if str(c).strip() == col), None)
+
+def _as_numbers(values:pd.Series) -> pd.Series:
+    "`values` as numbers when every non-empty one is a number (integers when all are present and whole), else as they are."
+    numbers = pd.to_numeric(values, errors='coerce')
+    if numbers.notna().sum() != values.notna().sum() or values.isna().all(): return values
+    return numbers.astype(int) if numbers.notna().all() and (numbers % 1 == 0).all() else numbers
+
+def _standard(table:pd.DataFrame, col:str, allowed, path) -> pd.Series|None:
+    "The standard column `col` of `table`, its values checked against `allowed` (None: any); None when absent."
+    c = _table_column(table, col)
+    if c is None: return None
+    values = table[c].map(lambda v: v.strip() if isinstance(v, str) else v)
+    if allowed is not None:
+        bad = values.notna() & ~values.isin(allowed)
+        if bad.any(): raise DatasetLabelError(f"{path}: column {col!r} holds {sorted(set(values[bad]))[:5]} in {bad.sum()} rows: "
+                                              f"expected {list(allowed)} or empty")
+    return values
+
+@expects_layout('image table', """
+    table.csv (or .xlsx)      image,label[,split,patient,eye,...]   one row per image
+                              a/img1.png,glaucoma                   paths absolute, or relative to `root` (default: the table's folder)
+    """)
+def read_image_table(path,                         # the table: .csv, .txt, .xls or .xlsx
+                     root=None,                    # folder the relative image paths start from (default: the table's folder)
+                     image_col:str='image',        # the column of image paths
+                     label_cols:str|list|None=None, # label column(s); None: unlabeled
+                     split:str|None=None,          # the `split` of rows, when the table has no `split` column
+                     dataset:str='image table',    # name for the `dataset` column and errors
+                     exts=IMAGE_EXTS,              # image extensions (any case)
+                     read_kwargs:dict|None=None,   # passed to `pandas.read_csv` / `read_excel` (sep, sheet_name, ...)
+                    ) -> pd.DataFrame:
+    "Images listed in a table with their labels; every listed image must exist; `split`, `patient`, `eye` columns are used, others kept."
+    path = _need(path, dataset, 'table')
+    if path.is_dir(): raise DatasetLayoutError(dataset, path, 'is a folder: expected a table of images (.csv, .txt, .xls or .xlsx)')
+    table = _read_table(path, dataset, **(read_kwargs or {}))
+    if table.empty: raise DatasetLayoutError(dataset, path, 'holds no rows')
+    base = _need(root, dataset) if root is not None else path.parent
+    label_cols = [label_cols] if isinstance(label_cols, str) else list(label_cols or [])
+    names = _column(table, image_col, path)
+    blank = names.isna() | (names.astype(str).str.strip() == '')
+    if blank.any():
+        raise DatasetLabelError(f"{path}: column {image_col!r} is empty in {blank.sum()} rows (e.g. row {blank.to_numpy().argmax()}, "
+                                "0 being the first after the header): every row needs an image")
+    names = names.astype(str).str.strip()
+    files = [Path(n).expanduser() for n in names]
+    files = [f if f.is_absolute() else base/f for f in files]
+    not_image = [n for n, f in zip(names, files) if _split_ext(f.name)[1].lower() not in tuple(e.lower() for e in exts)]
+    if not_image: raise DatasetLabelError(f"{path}: column {image_col!r} names {len(not_image)} files without an image extension "
+                                          f"({', '.join(exts)}), e.g. {not_image[:3]}; exts= adds others")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing: raise DatasetLayoutError(dataset, path, f'{len(missing)} of its {len(files)} images do not exist (relative paths '
+                                         f'start from {base}), e.g. {missing[:3]}')
+    df = pd.DataFrame({'image': [str(f) for f in files],
+                       **{c: _as_numbers(_column(table, c, path)) for c in label_cols}}, index=table.index)
+    for col, allowed in (('split', SPLITS), ('patient', None), ('eye', EYES)):
+        values = _standard(table, col, allowed, path)
+        df[col] = values if values is not None else (_one_of(split, SPLITS, 'split') if col == 'split' else None)
+    used = {str(image_col).strip(), *label_cols, 'split', 'patient', 'eye', 'image', 'dataset'}
+    for c in table.columns:
+        if str(c).strip() not in used: df[str(c).strip()] = table[c]
+    if 'id' not in df: df['id'] = [_split_ext(n)[0] for n in names]
+    keep = _no_duplicates(df, [str(f.resolve()) for f in files], path, dataset, shown=list(names))
+    task = 'classification' if label_cols else 'unlabeled'
+    return _finish(df[keep], dataset, task, path, label_cols=label_cols)
+
+# %% ../nbs/04_datasets.ipynb #06da379b
+def reader_for(name:str,                # a reader of this module without its `read_` ('odir', 'image_folder', 'image_table', ...)
+               kwargs:dict|None=None,   # its arguments besides the root (e.g. {'glob': '*.png'})
+              ):
+    "`read_<name>` with `kwargs` bound: a function of the dataset's root (or table) alone; an error naming an unknown reader or argument."
+    readers = {n[len('read_'):]: f for n, f in globals().items() if n.startswith('read_') and callable(f)}
+    if name not in readers: raise ValueError(f'reader {name!r}: no read_{name} in fundus_ssl.datasets; readers: {sorted(readers)}')
+    read, kwargs = readers[name], dict(kwargs or {})
+    params = list(inspect.signature(read).parameters)
+    unknown = [k for k in kwargs if k not in params[1:]]
+    if unknown: raise ValueError(f'reader_kwargs {unknown} of read_{name}: not among its arguments {params[1:]}'
+                                 + (f' ({params[0]!r} is the root, given apart)' if params[0] in unknown else ''))
+    return functools.partial(read, **kwargs)
 
 # %% ../nbs/04_datasets.ipynb #83fd3e4a
 def _drive_split(root:Path, folder:str) -> pd.DataFrame:

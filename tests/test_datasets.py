@@ -590,3 +590,97 @@ def test_real_duplicated_eyepacs_row(tmp_path):
     assert table.level[table.image == '10_left'].tolist() == [0]
     layouts.write_table(tmp_path/'trainLabels.csv', pd.concat([table, pd.DataFrame({'image': ['10_left'], 'level': [4]})]))
     with pytest.raises(DatasetLabelError, match=r"trainLabels.csv: 1 images .* \['10_left'\]"): quiet(read_eyepacs, tmp_path)
+
+# ------------------------------------------------------------------ your own data
+def test_read_image_folder(tmp_path):
+    layouts.tiny_images(tmp_path/'pool', ['b.jpg', 'A.PNG', 'x/c.tif', 'x/y/d.bmp', '__MACOSX/e.jpg', '.cache/f.jpg'])
+    (tmp_path/'pool'/'x'/'readme.txt').write_text('no image')
+    df = read_image_folder(tmp_path/'pool', split='train', dataset='my pool')
+    check_conventions(df)
+    assert df.id.tolist() == ['A', 'b', 'x/c', 'x/y/d'] and set(df.split) == {'train'} and set(df.dataset) == {'my pool'}
+    assert df.attrs['label_cols'] == [] and df.attrs['task'] == 'unlabeled'
+    assert read_image_folder(tmp_path/'pool', glob='x/*').id.tolist() == ['x/c']
+    # same name in two folders: two images; two extensions of one name in one folder: an error
+    layouts.tiny_images(tmp_path/'pool', ['x/b.jpg'])
+    assert len(read_image_folder(tmp_path/'pool')) == 5
+    layouts.tiny_images(tmp_path/'pool', ['x/c.png'])
+    with pytest.raises(DatasetLayoutError, match='holds x/c.png and x/c.tif: one id, two files'): read_image_folder(tmp_path/'pool')
+    with pytest.raises(DatasetLayoutError, match=re.escape(f"{tmp_path/'pool'}: holds no images matching '*.jpeg'")):
+        read_image_folder(tmp_path/'pool', glob='*.jpeg')
+    with pytest.raises(DatasetLayoutError, match='is a file'): read_image_folder(tmp_path/'pool'/'b.jpg')
+
+def test_read_class_folders(tmp_path):
+    d = layouts.write_eyediseases4class(tmp_path/'c', n=2)
+    layouts.tiny_images(d/'glaucoma'/'site2', ['g.png'])
+    df = read_class_folders(d, split='test')
+    check_conventions(df)
+    assert df.label.value_counts().to_dict() == {c: 2 for c in ('cataract', 'diabetic_retinopathy', 'glaucoma', 'normal')}
+    assert df.attrs['label_cols'] == ['label'] and df.attrs['task'] == 'classification'
+    rec = read_class_folders(d, ['glaucoma'], recursive=True)
+    assert rec.id.tolist() == ['glaucoma/Glaucoma_000', 'glaucoma/Glaucoma_001', 'glaucoma/site2/g']
+    merged = read_class_folders(d, {'normal': 0, 'glaucoma': 1, 'cataract': 1}, label_col='abnormal')
+    assert merged.abnormal.tolist() == [0, 0, 1, 1, 1, 1] and merged.attrs['label_cols'] == ['abnormal']
+    layouts.tiny_images(d, ['loose.jpg'])
+    with pytest.warns(MissingFilesWarning, match='1 images outside the class folders'): read_class_folders(d)
+    layouts.tiny_images(d/'normal', ['0_left.png'])  # 0_left.jpg is there: one id, two files
+    with pytest.raises(DatasetLayoutError, match='one id, two files'): read_class_folders(d, ['normal'])
+    (d/'empty').mkdir()
+    with pytest.raises(DatasetLayoutError, match=re.escape(f"{d/'empty'}: holds no images")): read_class_folders(d, ['empty'])
+
+def test_read_image_table(tmp_path):
+    layouts.tiny_images(tmp_path/'data', ['a.png', 'b.png', 'sub/c.jpg'])
+    t = pd.DataFrame({'path': ['a.png', 'b.png', str(tmp_path/'data'/'sub'/'c.jpg'), 'a.png'], 'grade': ['0', '2', '1', '0'],
+                      'finding': ['none', 'dr', 'dr', 'none'], 'split': ['train', 'train', 'valid', 'train'],
+                      'eye': [' left', 'right', None, ' left'], 'site': ['A', 'B', 'B', 'A']})
+    xlsx = layouts.write_table(tmp_path/'tables'/'t.xlsx', t)
+    with pytest.warns(DuplicateRowsWarning, match='1 rows repeat an earlier row whole'):
+        df = read_image_table(xlsx, root=tmp_path/'data', image_col='path', label_cols=['grade', 'finding'])
+    check_conventions(df)
+    assert df.grade.tolist() == [0, 2, 1] and df.grade.dtype.kind == 'i' and df.finding.tolist() == ['none', 'dr', 'dr']
+    assert df.split.tolist() == ['train', 'train', 'valid'] and df.eye.tolist() == ['left', 'right', None]
+    assert df.site.tolist() == ['A', 'B', 'B'] and df.attrs['label_cols'] == ['grade', 'finding']
+    # relative paths start from the table's folder by default: here they are not found, and the error names them
+    with pytest.raises(DatasetLayoutError, match=r"3 of its 4 images do not exist \(relative paths start from .*tables\)"):
+        read_image_table(xlsx, image_col='path')
+    layouts.write_table(tmp_path/'data'/'blank.csv', pd.DataFrame({'image': ['a.png', None, 'b.png'], 'y': [0, 1, None]}))
+    with pytest.raises(DatasetLabelError, match="column 'image' is empty in 1 rows"): read_image_table(tmp_path/'data'/'blank.csv')
+    layouts.write_table(tmp_path/'data'/'txt.csv', pd.DataFrame({'image': ['a.png', 'notes.txt']}))
+    with pytest.raises(DatasetLabelError, match='1 files without an image extension'): read_image_table(tmp_path/'data'/'txt.csv')
+    layouts.write_table(tmp_path/'data'/'semi.csv', pd.DataFrame({'image': ['a.png', 'b.png'], 'y': [1, None]}), sep=';')
+    semi = read_image_table(tmp_path/'data'/'semi.csv', label_cols='y', read_kwargs={'sep': ';'})
+    assert len(semi) == 2 and semi.y.isna().tolist() == [False, True]  # an empty label is kept, not dropped
+
+def test_reader_for(tmp_path):
+    layouts.tiny_images(tmp_path/'pool', ['a.jpg', 'sub/b.jpg'])
+    assert len(reader_for('image_folder', {'glob': '*'})(tmp_path/'pool')) == 1
+    assert reader_for('eyediseases4class') is not None
+    with pytest.raises(ValueError, match="'root' is the root, given apart"): reader_for('image_folder', {'root': tmp_path})
+    with pytest.raises(ValueError, match='no read_nope'): reader_for('nope')
+
+def test_own_readers_are_run_readers():
+    "The experiments' reader check (`fundus_ssl.runs.is_reader`) accepts the three by name."
+    from fundus_ssl.runs import is_reader
+    for name in ('image_folder', 'class_folders', 'image_table'): assert is_reader()(name) is None, name
+
+OWN_READERS = [read_image_folder, read_class_folders, read_image_table]
+
+@pytest.mark.parametrize('reader', OWN_READERS, ids=lambda f: f.__name__)
+def test_own_readers_missing_and_empty_root(tmp_path, reader):
+    with pytest.raises(DatasetLayoutError, match=re.escape(f"{tmp_path/'absent'}: ") + '.*not found(.|\n)*Expected layout'):
+        reader(tmp_path/'absent')
+    with pytest.raises(DatasetLayoutError, match='Expected layout'): reader(tmp_path)
+
+def test_real_own_readers(tmp_path):
+    "EyeDiseases4class as a plain folder and as class folders, ODIR as a table of its paths and labels: the public readers' images."
+    root = real('EyeDiseases4class_256')
+    public = read_eyediseases4class(root)
+    pool = read_image_folder(root)
+    assert sorted(pool.image) == sorted(public.image) and len(pool) == 4000
+    classes = read_class_folders(root)
+    assert (classes.set_index('image').label[public.image].values == public.label.values).all()
+    odir = read_odir(real('ODIR-5K'))
+    odir[['image', 'label']].assign(image=[str(Path(p).relative_to(fundus_data_root('ODIR-5K'))) for p in odir.image]).to_csv(
+        tmp_path/'odir.csv', index=False)
+    table = read_image_table(tmp_path/'odir.csv', root=fundus_data_root('ODIR-5K'), label_cols='label')
+    check_conventions(table)
+    assert table.image.tolist() == odir.image.tolist() and table.label.tolist() == odir.label.tolist()
