@@ -20,10 +20,11 @@ from .hostsync import host_to_device, check_values
 from .models import check_positive
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'EYEPACS_MEAN', 'EYEPACS_STD', 'AUG_PRESETS', 'AugSettings', 'aug_settings',
-           'view_coords', 'input_coords', 'images_as_float', 'threshold_fov', 'summed_area_table', 'fov_fraction',
-           'sample_crop_boxes', 'fundus_like_batch', 'resized_crops', 'resized_crop', 'flip_where', 'luma',
-           'rotate_hue', 'color_jitter', 'grayscale_where', 'solarize_where', 'gaussian_blur', 'sample_geometry',
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'EYEPACS_MEAN', 'EYEPACS_STD', 'AUG_PRESETS', 'JITTER_STEPS', 'AugSettings',
+           'aug_settings', 'view_coords', 'input_coords', 'images_as_float', 'threshold_fov', 'summed_area_table',
+           'fov_fraction', 'sample_crop_boxes', 'fundus_like_batch', 'resized_crops', 'resized_crop', 'flip_where',
+           'luma', 'adjust_brightness', 'adjust_contrast', 'adjust_saturation', 'rgb_to_hsv', 'hsv_to_rgb',
+           'adjust_hue', 'color_jitter', 'grayscale_where', 'solarize_where', 'gaussian_blur', 'sample_geometry',
            'sample_colour', 'TwoViews', 'normalize_views', 'denormalize_views', 'TwoViewAug', 'albumentations_colour',
            'TwoViewItemAug', 'show_views']
 
@@ -225,9 +226,7 @@ def flip_where(x:Tensor,       # [B, C, H, W]
     return torch.where(flipped.view(-1, 1, 1, 1), x.flip(-1), x)
 
 # %% ../nbs/09_augment.ipynb #bcd30364
-_LUMA = (0.299, 0.587, 0.114)
-_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.5959, -0.2746, -0.3213], [0.2115, -0.5227, 0.3112]])
-_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)   # once, on the host: on a GPU `inv` checks its result on the host
+_LUMA = (0.2989, 0.587, 0.114)   # torchvision's gray level weights
 
 def _per_sample(t, x): return t.to(x).view(-1, 1, 1, 1)
 
@@ -235,30 +234,66 @@ def luma(x:Tensor) -> Tensor:
     "Gray level [B, 1, H, W] of RGB images [B, 3, H, W]."
     return (x * host_to_device(torch.tensor(_LUMA, dtype=x.dtype), x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
-def rotate_hue(x:Tensor,   # [B, 3, H, W] RGB in [0, 1]
-               hue:Tensor, # [B] shift in turns of the colour wheel (0 = unchanged)
-              ) -> Tensor:
-    "Shift hue by rotating the chroma (I, Q) of the YIQ colour space: luma kept, an approximation of an HSV hue shift."
-    c, s = torch.cos(2 * math.pi * hue), torch.sin(2 * math.pi * hue)
-    one, zero = torch.ones_like(c), torch.zeros_like(c)
-    rot = torch.stack([one, zero, zero, zero, c, s, zero, -s, c], -1).view(-1, 3, 3)  # + hue: red towards yellow, as HSV
-    t, t_inv = (host_to_device(m, x.device).to(x.dtype) for m in (_RGB_TO_YIQ, _YIQ_TO_RGB))
-    m = t_inv @ rot.to(x) @ t
-    return torch.einsum('bij,bjhw->bihw', m, x).clamp(0, 1)
+def adjust_brightness(x:Tensor, factor:Tensor) -> Tensor:
+    "Brightness of each image [B, 3, H, W] in [0, 1] times its factor [B] (1 = unchanged), clamped."
+    return (x * _per_sample(factor, x)).clamp(0, 1)
 
-def color_jitter(x:Tensor,          # [B, 3, H, W] RGB in [0, 1]
-                 brightness:Tensor, # [B] factors (1 = unchanged)
-                 contrast:Tensor,   # [B] factors
-                 saturation:Tensor, # [B] factors
-                 hue:Tensor,        # [B] shifts in turns (0 = unchanged)
+def adjust_contrast(x:Tensor, factor:Tensor) -> Tensor:
+    "Each image blended with its mean gray level, weights factor [B] and 1 - factor."
+    f = _per_sample(factor, x)
+    return (x * f + (1 - f) * luma(x).mean((1, 2, 3), keepdim=True)).clamp(0, 1)
+
+def adjust_saturation(x:Tensor, factor:Tensor) -> Tensor:
+    "Each pixel blended with its gray level, weights factor [B] and 1 - factor."
+    f = _per_sample(factor, x)
+    return (x * f + (1 - f) * luma(x)).clamp(0, 1)
+
+def rgb_to_hsv(x:Tensor) -> Tensor:
+    "RGB [B, 3, H, W] in [0, 1] to HSV (hue in turns, [0, 1)), elementwise; gray pixels get hue 0."
+    r, g, b = x.unbind(1)
+    v = x.amax(1)
+    d = v - x.amin(1)
+    dd = torch.where(d > 0, d, 1.)
+    h = torch.where(v == r, (g - b) / dd, torch.where(v == g, (b - r) / dd + 2, (r - g) / dd + 4))
+    return torch.stack([(h / 6) % 1, d / torch.where(v > 0, v, 1.), v], 1)
+
+def hsv_to_rgb(hsv:Tensor) -> Tensor:
+    "HSV [B, 3, H, W] (hue in turns) to RGB: channel n in (5, 3, 1) is v (1 - s clamp(min(k, 4 - k), 0, 1)), k = (n + 6 hue) mod 6."
+    h, s, v = hsv[:, :1], hsv[:, 1:2], hsv[:, 2:]
+    n = host_to_device(torch.tensor([5., 3., 1.], dtype=hsv.dtype), hsv.device).view(1, 3, 1, 1)
+    k = (n + 6 * h) % 6
+    return v * (1 - s * torch.minimum(k, 4 - k).clamp(0, 1))
+
+def adjust_hue(x:Tensor,   # [B, 3, H, W] RGB in [0, 1]
+               hue:Tensor, # [B] shift in turns of the colour wheel, in [-0.5, 0.5] (0 = unchanged)
+              ) -> Tensor:
+    "torchvision's hue shift with a shift per image: to HSV, hue + shift modulo 1, back to RGB."
+    hsv = rgb_to_hsv(x)
+    shifted = hsv_to_rgb(torch.cat([(hsv[:, :1] + _per_sample(hue, x)) % 1, hsv[:, 1:]], 1))
+    return torch.where(_per_sample(hue, x) != 0, shifted, x)   # hue 0: the image itself, not a round trip
+
+JITTER_STEPS = ('brightness', 'contrast', 'saturation', 'hue')   # the step ids 0-3 of an order, as torchvision's
+
+def color_jitter(x:Tensor,              # [B, 3, H, W] RGB in [0, 1]
+                 brightness:Tensor,     # [B] factors (1 = unchanged)
+                 contrast:Tensor,       # [B] factors
+                 saturation:Tensor,     # [B] factors
+                 hue:Tensor,            # [B] shifts in turns (0 = unchanged)
+                 order:Tensor|None=None # [B, 4] each image's order of the steps, a permutation of 0-3 (`JITTER_STEPS`); None: 0, 1, 2, 3
                 ) -> Tensor:
-    "torchvision-style colour jitter with per-image parameters, in the fixed order brightness, contrast, saturation, hue."
-    x = (x * _per_sample(brightness, x)).clamp(0, 1)
-    f = _per_sample(contrast, x)
-    x = (f * x + (1 - f) * luma(x).mean((2, 3), keepdim=True)).clamp(0, 1)
-    f = _per_sample(saturation, x)
-    x = (f * x + (1 - f) * luma(x)).clamp(0, 1)
-    return rotate_hue(x, hue)
+    "torchvision's `ColorJitter` with per-image factors and a per-image order of its four steps."
+    if order is None: order = torch.arange(4).expand(len(x), 4)
+    order = host_to_device(order, x.device)
+    hue_at = (order == 3).int().argmax(1)                       # position of the hue step in each image's order
+    blends = (adjust_brightness, adjust_contrast, adjust_saturation)
+    factors = [f.to(x) for f in (brightness, contrast, saturation)]
+    def blend_slot(x, slot, due):                               # each image's step at `slot`, if due and not hue
+        for k, (blend, f) in enumerate(zip(blends, factors)): x = blend(x, torch.where(due & (order[:, slot] == k), f, 1.))
+        return x
+    for slot in range(3): x = blend_slot(x, slot, slot < hue_at)
+    x = adjust_hue(x, hue)
+    for slot in range(1, 4): x = blend_slot(x, slot, slot > hue_at)
+    return x
 
 def grayscale_where(x:Tensor, gray:Tensor) -> Tensor:
     "Replace the images whose flag gray [B] is set by their gray level on all three channels."
@@ -282,6 +317,7 @@ def gaussian_blur(x:Tensor,     # [B, C, H, W]
     y = F.conv2d(F.pad(y, (0, 0, r, r), mode='reflect'), k.view(B * C, 1, -1, 1), groups=B * C)
     return y.view(B, C, H, W)
 
+
 # %% ../nbs/09_augment.ipynb #6e988f60
 def sample_geometry(fov:Tensor,          # [B, H, W] bool field-of-view masks
                     s:AugSettings,       # the view's settings
@@ -294,7 +330,7 @@ def sample_geometry(fov:Tensor,          # [B, H, W] bool field-of-view masks
 def sample_colour(n:int,                 # number of images
                   s:AugSettings,         # the view's settings
                   generator:torch.Generator|None=None, # CPU generator; None: torch's global one
-                 ) -> dict:              # per-image [n] tensors: brightness, contrast, saturation, hue, gray, sigma, solarize
+                 ) -> dict:              # per-image [n] tensors: brightness, contrast, saturation, hue, gray, sigma, solarize; order [n, 4]
     "Random colour parameters of one view of each image; the neutral value where an operation is skipped."
     u = torch.rand(9, n, generator=generator)
     jit = u[0] < s.p_jitter
@@ -303,7 +339,7 @@ def sample_colour(n:int,                 # number of images
     b, c, sat, hue = torch.where(jit, lo + (hi - lo) * u[1:5], torch.tensor([1., 1., 1., 0.])[:, None])
     sigma = torch.where(u[5] < s.p_blur, s.sigma[0] + (s.sigma[1] - s.sigma[0]) * u[6], 0.)
     return dict(brightness=b, contrast=c, saturation=sat, hue=hue, gray=u[7] < s.p_gray, sigma=sigma,
-                solarize=u[8] < s.p_solarize)
+                solarize=u[8] < s.p_solarize, order=torch.rand(n, 4, generator=generator).argsort(1))
 
 # %% ../nbs/09_augment.ipynb #55a8b1e2
 class TwoViews(NamedTuple):
@@ -356,7 +392,7 @@ class TwoViewAug(nn.Module):
         boxes, flipped = sample_geometry(fov, s, self.generator)
         p = {k: host_to_device(v, x.device) for k, v in sample_colour(len(x), s, self.generator).items()}
         v = flip_where(resized_crops(x, boxes, s.size), flipped)
-        v = grayscale_where(color_jitter(v, p['brightness'], p['contrast'], p['saturation'], p['hue']), p['gray'])
+        v = grayscale_where(color_jitter(v, p['brightness'], p['contrast'], p['saturation'], p['hue'], p['order']), p['gray'])
         v = solarize_where(gaussian_blur(v, p['sigma'], int(3.5 * s.sigma[1])), p['solarize'], s.solarize_threshold)
         return normalize_views(v, s), boxes, flipped
 

@@ -8,7 +8,10 @@ from torch.utils.data import DataLoader, default_collate
 from fundus_ssl.core import fundus_data_root
 from fundus_ssl.augment import (AUG_PRESETS, EYEPACS_MEAN, TwoViewAug, TwoViewItemAug, TwoViews, aug_settings,
                                 denormalize_views, fov_fraction, fundus_like_batch, images_as_float, resized_crop,
-                                sample_crop_boxes, threshold_fov, view_coords)
+                                sample_crop_boxes, threshold_fov, view_coords, adjust_hue, color_jitter, sample_colour,
+                                JITTER_STEPS)
+import torchvision.transforms.v2 as T
+import torchvision.transforms.v2.functional as TF
 
 # Speed is measured only when asked (FUNDUS_TIMING=1): no test of the suite may depend on how fast or busy the machine is.
 timing = pytest.mark.skipif(not os.environ.get('FUNDUS_TIMING'), reason='measures speed: set FUNDUS_TIMING=1 to run it')
@@ -184,6 +187,58 @@ def test_outputs_normalised_as_asked():
         tv = aug(imgs)
         x = denormalize_views(tv.view2, aug.settings[1])
         assert x.min() > -1e-4 and x.max() < 1 + 1e-4, name
+
+
+# ---- colour jitter: torchvision's definition, per image ---------------------------------------------------------
+def random_colours(n, seed=0):
+    "Random colours with gray pixels, black, white and saturated corners."
+    x = torch.rand(n, 3, 12, 12, generator=torch.Generator().manual_seed(seed))
+    x[:, :, 0] = x[:, :1, 0]; x[:, :, 1, :3] = 0.; x[:, :, 1, 3:6] = 1.; x[:, 0, 2], x[:, 1:, 2] = 1., 0.
+    return x
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_hue_matches_torchvision_adjust_hue_per_image(device):
+    "Each image's own shift over [-0.5, 0.5] equals torchvision's HSV adjust_hue (the YIQ rotation missed by 0.1 and more)."
+    x = random_colours(41)
+    shifts = torch.linspace(-0.5, 0.5, 41)
+    ours = adjust_hue(x.to(device), shifts.to(device)).cpu()
+    for i, h in enumerate(shifts.tolist()):
+        torch.testing.assert_close(ours[i], TF.adjust_hue(x[i], h), atol=2e-6, rtol=0)
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_jitter_in_each_images_order_matches_torchvision_steps(device):
+    "sample_colour's factors and per-image order, applied by color_jitter, equal torchvision's steps in that order."
+    x = images_as_float(fundus_like_batch(24, 16, seed=20))
+    p = sample_colour(24, aug_settings('mocov2', p_jitter=1.), torch.Generator().manual_seed(0))
+    ours = color_jitter(x.to(device), p['brightness'], p['contrast'], p['saturation'], p['hue'], p['order']).cpu()
+    steps = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    for i in range(24):
+        ref = x[i]
+        for k in p['order'][i].tolist(): ref = steps[k](ref, p[JITTER_STEPS[k]][i].item())
+        torch.testing.assert_close(ours[i], ref, atol=1e-5, rtol=0)
+    assert len({tuple(o) for o in p['order'].tolist()}) > 10            # not one fixed order
+
+def test_order_matters_and_is_drawn_per_image():
+    "The same factors in two orders give different images (so a fixed order is a different distribution)."
+    x = images_as_float(fundus_like_batch(2, 16, seed=21))
+    f = dict(brightness=torch.tensor([1.4, 1.4]), contrast=torch.tensor([.6, .6]), saturation=torch.tensor([1.4, 1.4]), hue=torch.tensor([.1, .1]))
+    a = color_jitter(x[:1].expand(2, -1, -1, -1), *f.values(), order=torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]]))
+    assert (a[0] - a[1]).abs().max() > 0.01
+    p = sample_colour(4000, aug_settings('mocov2'), torch.Generator().manual_seed(1))
+    first = torch.bincount(p['order'][:, 0], minlength=4) / 4000
+    assert (first - 0.25).abs().max() < 0.03, first
+
+def test_jitter_distribution_matches_torchvision_colorjitter():
+    "Mean and spread of the jittered pixels over many draws: ours (device path) against torchvision's ColorJitter."
+    x = images_as_float(fundus_like_batch(1, 16, seed=22))
+    n = 2000
+    ours = color_jitter(x.expand(n, -1, -1, -1), **{k: v for k, v in sample_colour(n, aug_settings('mocov2', p_jitter=1.),
+                        torch.Generator().manual_seed(2)).items() if k in JITTER_STEPS + ('order',)})
+    torch.manual_seed(3)
+    cj = T.ColorJitter(0.4, 0.4, 0.4, 0.1)
+    ref = torch.stack([cj(x[0]) for _ in range(n)])
+    for stat in (lambda v: v.mean((0, 2, 3)), lambda v: v.std(0).mean((1, 2))):      # per channel, over draws and pixels
+        torch.testing.assert_close(stat(ours), stat(ref), atol=0.01, rtol=0)
 
 
 # ---- probabilities: measured on the outputs ---------------------------------------------------------------------
