@@ -20,7 +20,7 @@ from .losses import dino_loss
 from .hostsync import host_to_device
 from .augment import AugSettings, TwoViewAug, aug_settings, images_as_float, threshold_fov, denormalize_views, _checked_fov
 from .distributed import is_distributed
-from .pretrain import MomentumModel, SSLCallback, as_encoder, ssl_learner, split_kwargs, cosine_momentum
+from .pretrain import MomentumModel, SSLCallback, as_encoder, ssl_learner, split_kwargs, unit_images
 
 # %% auto #0
 __all__ = ['DINO_JITTER', 'dino_aug_settings', 'MultiCrops', 'MultiCropAug', 'show_crops', 'DINOHead', 'teacher_temperature',
@@ -211,10 +211,11 @@ class DINO(SSLCallback):
                  local_size:int|None=None,                 # side of the local crops; None: 96/224 of the global crops'
                  global_scale:tuple=(0.4, 1.),             # area range of the global crops
                  local_scale:tuple=(0.05, 0.4),            # area range of the local crops
-                 aug:str|MultiCropAug='dino',              # 'dino' (the recipes of `dino_aug_settings`), or a `MultiCropAug`
+                 aug:str|tuple|MultiCropAug='dino',        # 'dino' (`dino_aug_settings`), (global 1, global 2, local) `AugSettings`, or a `MultiCropAug`
                  size:int|None=None,                       # side of the global crops; None: the loader's image size
                  **aug_overrides):                         # `AugSettings` fields for every crop, e.g. p_blur=0.
-        if not (aug == 'dino' or isinstance(aug, MultiCropAug)): raise ValueError(f"aug={aug!r}: expected 'dino' or a MultiCropAug")
+        if not (aug == 'dino' or isinstance(aug, (MultiCropAug, tuple, list))):
+            raise ValueError(f"aug={aug!r}: expected 'dino', (global 1, global 2, local) AugSettings, or a MultiCropAug")
         if not (isinstance(n_local, int) and n_local >= 0): raise ValueError(f'n_local={n_local!r}: expected an int >= 0')
         super().__init__(aug, size, momentum, True, **aug_overrides)
         self.student_temp, self.teacher_temp, self.center_momentum = student_temp, teacher_temp, center_momentum
@@ -227,7 +228,8 @@ class DINO(SSLCallback):
         if self.aug is None:
             size = self.size or min(x.shape[-2:])
             local = self.local_size or max(1, round(size * 96 / 224))
-            self.aug = MultiCropAug(dino_aug_settings(size, local, self.global_scale, self.local_scale, **self.aug_overrides), self.n_local)
+            settings = self.aug_spec if self.aug_spec != 'dino' else dino_aug_settings(size, local, self.global_scale, self.local_scale)
+            self.aug = MultiCropAug(settings, self.n_local, **self.aug_overrides)
         return self.aug(x)
 
     @property
@@ -262,7 +264,6 @@ class DINO(SSLCallback):
 
     def show(self, n:int=3, title:str|None=None) -> plt.Figure:
         "Plot `n` images of a training batch with their crop boxes, and their crops."
-        from fundus_ssl.pretrain import unit_images
         x = unit_images(self.dls.train.one_batch()[0], self.dls.train.after_batch)[:n].cpu()
         self.views(x)
         return show_crops((x * 255).round().to(torch.uint8) if x.is_floating_point() else x, self.aug, n, title)
