@@ -47,7 +47,8 @@ class MoCoModel(MomentumModel):
             raise ValueError(f'enqueue: keys must be [n, {self.queue.shape[1]}], got {tuple(keys.shape)}')
         if len(keys) > self.queue_size: raise ValueError(f'{len(keys)} keys per step do not fit in a queue of {self.queue_size}')
         idx = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % self.queue_size
-        self.queue[idx] = F.normalize(keys.float(), dim=1).to(self.queue.dtype)
+        dt = torch.promote_types(keys.dtype, torch.float32)   # normalise in float32 at least, float64 keys stay float64
+        self.queue[idx] = F.normalize(keys.to(dt), dim=1).to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + len(keys)) % self.queue_size)
 
 # %% ../nbs/12_moco.ipynb #0a0eecb2

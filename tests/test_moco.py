@@ -271,3 +271,16 @@ def test_ddp_shuffle_bn_and_enqueue(tmp_path):
     assert not torch.allclose(r['keys'], r['unshuffled'], atol=1e-3)          # the groups' statistics are in use
     assert torch.equal(r['queues'][0], r['queues'][1]) and r['ptr'].item() == 16
     torch.testing.assert_close(r['queues'][0][:16], torch.nn.functional.normalize(r['keys'], dim=1))
+
+
+def test_queue_keeps_float64_keys():
+    "A float64 model's queue stores its keys without rounding them through float32; a float32 queue stays float32."
+    m = moco_model('test_resnet', queue_size=8, dim=4, bn_splits=1).double()
+    keys = torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1e3
+    m.enqueue(keys)
+    assert m.queue.dtype == torch.float64
+    torch.testing.assert_close(m.queue[:4], torch.nn.functional.normalize(keys, dim=1), atol=0, rtol=0)
+    m32 = moco_model('test_resnet', queue_size=8, dim=4, bn_splits=1)
+    m32.enqueue(keys)
+    assert m32.queue.dtype == torch.float32
+    torch.testing.assert_close(m32.queue[:4], torch.nn.functional.normalize(keys, dim=1).float(), atol=1e-7, rtol=0)
