@@ -584,15 +584,15 @@ def cka_heatmap(matrix,                       # [La, Lb] CKA values
                ):
     "Heatmap of a CKA matrix between layers (rows: network A, columns: network B)."
     m = np.asarray(matrix, float)
-    ax = ax or plt.subplots(figsize=(0.45 * m.shape[1] + 1.6, 0.45 * m.shape[0] + 1))[1]
+    ax = ax or plt.subplots(figsize=(0.6 * m.shape[1] + 2, 0.6 * m.shape[0] + 1.4))[1]
     im = ax.imshow(m, origin='lower', vmin=0, vmax=1, cmap='magma')
     labels_b = labels_b if labels_b is not None else labels_a
-    if labels_a is not None: ax.set_yticks(range(m.shape[0]), labels_a, fontsize=7)
-    if labels_b is not None: ax.set_xticks(range(m.shape[1]), labels_b, fontsize=7, rotation=90)
+    if labels_a is not None: ax.set_yticks(range(m.shape[0]), labels_a, fontsize=9)
+    if labels_b is not None: ax.set_xticks(range(m.shape[1]), labels_b, fontsize=9, rotation=90)
     if annotate:
         for (i, j), v in np.ndenumerate(m):
-            ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=5, color='w' if v < 0.6 else 'k')
-    ax.set_title(title, fontsize=9)
+            ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=8, color='w' if v < 0.6 else 'k')
+    ax.set_title(title, fontsize=10)
     plt.colorbar(im, ax=ax, fraction=0.046)
     return ax
 

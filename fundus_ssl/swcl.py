@@ -166,17 +166,17 @@ def show_positives(x:Tensor,                 # patches [B, 3, p, p] (uint8 or fl
     n = min(n, len(x))
     labels = {k: v[:n].cpu() for k, v in labels.items()}
     w = positive_masks(labels, scheme, multilabel).mean(0)
-    fig = plt.figure(figsize=(1.1 * n, 1.1 * n / 2 + 1.6))
+    fig = plt.figure(figsize=(1.2 * n, 1.2 * n / 2 + 1.8))  # 8 patches: 960 px wide at 100 dpi, labels >= 10 px at 750
     for i in range(n):
         ax = fig.add_subplot(2, n, i + 1)
         img = x[i].cpu().permute(1, 2, 0)
         ax.imshow(img if img.dtype == torch.uint8 else img.clamp(0, 1)); ax.axis('off')
         ax.set_title(f"{i}: p{labels['patient'][i].item()} {PATCH_POSITIONS[labels['position'][i]]}"
-                     + (' abn' if labels['abnormality'][i] else ''), fontsize=7)
+                     + (' abn' if labels['abnormality'][i] else ''), fontsize=9)
     ax = fig.add_subplot(2, 1, 2)
     ax.imshow(w, vmin=0, vmax=1, cmap='Greens')
-    ax.set_title(f'positive weights, {scheme}' + (f' ({multilabel})' if multilabel else ''), fontsize=8)
-    ax.set_xticks(range(n)); ax.set_yticks(range(n)); ax.tick_params(labelsize=7)
+    ax.set_title(f'positive weights, {scheme}' + (f' ({multilabel})' if multilabel else ''), fontsize=10)
+    ax.set_xticks(range(n)); ax.set_yticks(range(n)); ax.tick_params(labelsize=9)
     fig.tight_layout()
     return fig
 
