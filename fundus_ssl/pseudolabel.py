@@ -20,6 +20,7 @@ from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.learner import Learner
 from fastai.metrics import accuracy, accuracy_multi
+from sklearn.metrics import roc_curve
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import default_device
 from .io import read_image
@@ -33,7 +34,7 @@ from .augment import AugSettings, TwoViewAug, aug_settings, images_as_float, thr
 __all__ = ['REDUCE_STRIDE', 'PSEUDO_LABELER_AUG', 'ID_COLS', 'dr_normal_abnormal', 'label_targets', 'unlabeled_targets',
            'center_square', 'SquareImages', 'MixedBatchDL', 'pseudo_labeler_dls', 'last_stride_one',
            'PseudoLabelerModel', 'pseudo_labeler', 'LabeledLoss', 'S4LCallback', 'sgd_nesterov', 'multistep_lr',
-           'pseudo_labeler_learner', 'predict_scores', 'write_csv_atomic', 'propagate_labels']
+           'pseudo_labeler_learner', 'predict_scores', 'write_csv_atomic', 'decision_threshold', 'propagate_labels']
 
 # %% ../nbs/16_pseudolabel.ipynb #a8e1c163
 def dr_normal_abnormal(df:pd.DataFrame,   # a reader's DataFrame with a DR grade column
@@ -395,10 +396,29 @@ def write_csv_atomic(df:pd.DataFrame, path:Path):
     except BaseException:
         Path(tmp_path).unlink(missing_ok=True); raise
 
+def decision_threshold(learn:Learner,          # a trained single-label pseudo-labeler learner
+                       positive:str='abnormal',  # the class whose score is thresholded
+                       split:str='train',        # the labeled images it is chosen on: 'train' (keeps held-out patients out) or 'valid'
+                      ) -> float:                # call an image `positive` when its score reaches this
+    "The score threshold that maximises balanced accuracy (Youden's J) on the learner's labeled training or validation images."
+    dls = learn.dls
+    if dls.multilabel: raise ValueError('decision_threshold: a multi-label model has one threshold per label; this picks one class')
+    if str(positive) not in map(str, dls.vocab): raise ValueError(f'positive={positive!r} is not a class of the model (vocab {list(dls.vocab)})')
+    if split not in ('train', 'valid'): raise ValueError(f"split={split!r}: expected 'train' or 'valid'")
+    ds, k = (dls.train if split == 'train' else dls.valid).dataset, [str(v) for v in dls.vocab].index(str(positive))
+    known = (ds.targets >= 0).numpy()
+    y = (ds.targets.numpy() == k)[known]
+    if y.all() or not y.any(): raise ValueError(f'decision_threshold: the {split} images hold one class only; a threshold needs both')
+    p = predict_scores(learn.model, [im for im, ok in zip(ds.images, known) if ok], dls.size, dls.fov_crop, dls.valid.bs, dls.device)[:, k].numpy()
+    fpr, tpr, thr = roc_curve(y, p)
+    return float(np.clip(thr[int(np.argmax(tpr - fpr))], 0, 1))
+
 def propagate_labels(learn:Learner,          # a trained pseudo-labeler learner
                      unlabeled:pd.DataFrame, # the pool to label (`image` column)
                      path:str|Path|None=None, # the CSV (default: `learn.path/learn.model_dir/'pseudo_labels.csv'`)
                      bs:int|None=None,       # images per forward pass (default: the validation batch size)
+                     threshold:float|str|None=None, # single-label: None, the most likely class (SWCL); a score of `positive`; or 'train'/'valid' (`decision_threshold`)
+                     positive:str='abnormal', # the class `threshold` applies to
                     ) -> pd.DataFrame:       # one row per image: its identifiers, p_<label> scores (and pseudo_label)
     "Score every unlabeled image with the pseudo-labeler and write the scores as a CSV beside the model."
     model, dls = learn.model, learn.dls
@@ -406,6 +426,13 @@ def propagate_labels(learn:Learner,          # a trained pseudo-labeler learner
     scores = predict_scores(model, unlabeled['image'], dls.size, dls.fov_crop, bs or dls.valid.bs, dls.device)
     out = unlabeled[[c for c in ID_COLS if c in unlabeled]].reset_index(drop=True)
     out = out.assign(**{f'p_{v}': scores[:, i].numpy() for i, v in enumerate(model.vocab)})
-    if not model.multilabel: out['pseudo_label'] = [model.vocab[i] for i in scores.argmax(1).tolist()]
+    if isinstance(threshold, str): threshold = decision_threshold(learn, positive, threshold)
+    if threshold is not None:
+        if model.multilabel: raise ValueError('propagate_labels: threshold applies to single-label models')
+        other = [v for v in model.vocab if str(v) != str(positive)]
+        if len(other) != 1: raise ValueError(f'propagate_labels: threshold needs two classes, one of them positive={positive!r} (vocab {model.vocab})')
+        out['pseudo_label'] = np.where(out[f'p_{positive}'] >= threshold, positive, other[0])
+    elif not model.multilabel: out['pseudo_label'] = [model.vocab[i] for i in scores.argmax(1).tolist()]
     write_csv_atomic(out, path)
+    out.attrs['threshold'] = threshold
     return out

@@ -8,7 +8,7 @@ from fundus_ssl.data import train_valid_frame
 from fundus_ssl.datasets import read_odir, read_eyepacs, MissingFilesWarning
 from fundus_ssl.losses import semihard_triplet_loss
 from fundus_ssl.synthetic import write_odir_like, write_eyepacs_like
-from fundus_ssl.pseudolabel import (pseudo_labeler, pseudo_labeler_dls, pseudo_labeler_learner, propagate_labels,
+from fundus_ssl.pseudolabel import (pseudo_labeler, pseudo_labeler_dls, pseudo_labeler_learner, propagate_labels, decision_threshold,
                                     dr_normal_abnormal, last_stride_one, S4LCallback, LabeledLoss)
 
 torch.set_num_threads(1)
@@ -110,6 +110,16 @@ def test_short_training_lowers_loss_and_propagates(sets, tmp_path):
     first = csv.read_bytes()
     propagate_labels(learn, eyepacs)
     assert csv.read_bytes() == first
+    # a decision threshold on the abnormal score instead of the most likely class (a short run's scores are off centre)
+    cut = propagate_labels(learn, eyepacs, threshold=0.3)
+    assert cut.pseudo_label.tolist() == np.where(cut.p_abnormal >= 0.3, 'abnormal', 'normal').tolist() and cut.attrs['threshold'] == 0.3
+    assert set(propagate_labels(learn, eyepacs, threshold=1.01).pseudo_label) == {'normal'}
+    train_y = dls.train.dataset.targets
+    if {0, 1} <= set(train_y.tolist()):
+        t = decision_threshold(learn, 'abnormal', 'train')
+        assert 0 <= t <= 1 and propagate_labels(learn, eyepacs, threshold='train').attrs['threshold'] == t
+    else:
+        with pytest.raises(ValueError, match='one class only'): decision_threshold(learn, 'abnormal', 'train')
 
 def test_real_odir_with_an_unlabeled_pool():
     "Real ODIR (labeled) and EyeDiseases4class (unlabeled pool): mixed batches of real images."
