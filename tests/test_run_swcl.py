@@ -5,7 +5,8 @@ import pytest
 
 from experiments import run_experiment
 TINY = dict(smoke=True, encoder='test_resnet', pseudo_encoder='test_resnet', n_synthetic=16, image_size=64, patch_size=32,
-            epochs_probe=5, seg_crops=1, batch_pseudo=8, batch_pretrain=16, batch_downstream=8, valid_pct=0.3, seed=0)
+            epochs_probe=5, seg_crops=1, batch_pseudo=8, batch_pretrain=16, batch_downstream=8, valid_pct=0.3, seed=0,
+            keep_checkpoints=True)  # kept for test_finished_run_resumed (the default deletes them)
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
@@ -17,18 +18,47 @@ def test_metrics_hold_the_comparison(run):
     assert set(m['downstream']) == {'random', 'moco', 'supervised', 'swcl'}
     for init, r in m['downstream'].items():
         assert set(r) == {'seg_dice', 'auc_frozen', 'auc_finetuned'}, init
-        assert all(math.isfinite(v) and 0 <= v <= 1 for v in r.values()), (init, r)
+        for metric, v in r.items():  # every number with its 95% interval
+            assert set(v) == {'value', 'low', 'high'} and all(math.isfinite(x) and 0 <= x <= 1 for x in v.values()), (init, metric, v)
+            assert v['low'] <= v['value'] <= v['high'], (init, metric, v)
     assert {'data', 'pseudo_labeler', 'patches', 'swcl', 'moco', 'supervised', 'downstream', 'total'} <= set(m['timings'])
     assert m['patches']['n'] > 0 and m['params']['smoke'] is True
-    assert all(math.isfinite(v) for v in m['pretraining']['swcl'].values())
+    for method in ('swcl', 'moco'):
+        p = m['pretraining'][method]
+        assert {'first_epoch_loss', 'last_epoch_loss', 'steps', 'epochs'} <= set(p) and p['steps'] > 0
+        assert all(math.isfinite(p[k]) for k in ('first_epoch_loss', 'last_epoch_loss'))
+    assert m['pretraining']['moco']['queue_prefilled'] is True
+
+def test_stages_checked_against_the_ground_truth(run):
+    "The generated data's exact labels and lesions check the pseudo-labeler's pool share and the patch scores."
+    m = json.loads((run/'metrics.json').read_text())
+    pool = m['pseudo_labeler']['pool_check']
+    assert 0 <= pool['predicted_abnormal_share'] <= 1 and 0 < pool['true_abnormal_share'] < 1
+    lesions = m['patches']['lesion_check']
+    assert lesions['n'] == 5 * m['data']['unlabeled']['n_images'] and 0 < lesions['lesion_share'] < 1
+    low, high = lesions['lesion_auc_ci']
+    assert 0 <= low <= lesions['lesion_auc'] <= high <= 1
+    assert m['data']['labeled']['n_valid'] >= 12 and m['data']['segmentation']['n_test'] == 4  # smoke: n_eval capped at 16
+
+def test_training_log_names_its_columns(run):
+    import pandas as pd
+    logs = pd.read_csv(run/'logs.csv')
+    assert {'stage', 'epoch', 'train_loss', 'valid_loss', 'time'} <= set(logs.columns)
+    assert {'pseudo_labeler', 'swcl', 'moco'} <= set(logs['stage'])
+    nb = json.loads((run/'run_swcl.ipynb').read_text())
+    printed = ''.join(''.join(o.get('text', '')) for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', []))
+    assert 'train_loss' in printed and "'00:" not in printed  # named columns, no bare lists like [0, 1.01, 0.61, 0.83, '01:49']
+    assert 'downstream 4/4 swcl: done' in printed  # progress of the long stage
 
 def test_outputs_written(run):
     for f in ('swcl_encoder.safetensors', 'moco_encoder.safetensors', 'supervised_encoder.safetensors', 'pseudo_labels.csv',
-              'patches/patches.csv', 'data.png', 'cams.png', 'positives.png', 'losses.png', 'comparison.png'):
+              'patches/patches.csv', 'data.png', 'cams.png', 'positives.png', 'losses.png', 'comparison.png', 'logs.csv'):
         assert (run/f).exists(), f
     nb = json.loads((run/'run_swcl.ipynb').read_text())
     summary = ''.join(''.join(o.get('data', {}).get('text/markdown', '')) for o in nb['cells'][-1]['outputs'])
     assert 'AUC, fine-tuned' in summary and 'vessel Dice' in summary
+    assert 'largest difference to random init' in summary and 'pseudo-labeler calls' in summary and 'patch scores find' in summary
+    assert "MoCo v2's loss, mean of the first and of the last epoch" in summary
 
 # ---- runs that fail before any work, and an out_dir that is never written over unasked (fundus_ssl.runs)
 from experiments import experiment_error, snapshot
