@@ -67,3 +67,24 @@ def test_misspelled_values_fail_before_any_work(tmp_path):
                            **dict(TINY, protocols=['linear', 'knnn'], metric='aucc', arch='resnet_nope', encoders={'random': 'random', 'x': 'nope.safetensors'}))
     for s in ("protocols=['linear', 'knnn']", "metric='aucc'", "arch='resnet_nope'", "'nope.safetensors'"): assert s in err, (s, err)
     assert not (tmp_path/'out').exists()
+
+def test_bad_reader_kwargs_fail_before_any_work(tmp_path):
+    (tmp_path/'t.csv').write_text('image,label\n')
+    err = experiment_error('run_transfer', tmp_path/'out', tmp_path/'nb.ipynb', **dict(TINY, reader='image_table', root=str(tmp_path/'t.csv'),
+                           reader_kwargs={'image_column': 'path'}))
+    assert err.startswith('ParameterError: ') and "reader_kwargs ['image_column'] of read_image_table" in err, err
+    assert not (tmp_path/'out').exists()
+
+def test_runs_on_a_table_of_your_own(tmp_path):
+    "A CSV of image paths and grades (here of synthetic images) goes in through reader='image_table' and its reader_kwargs."
+    from fundus_ssl.synthetic import write_eyepacs_like
+    from fundus_ssl.datasets import read_eyepacs
+    df = read_eyepacs(write_eyepacs_like(tmp_path/'src', n_patients=16, size=64, seed=0))
+    pd.DataFrame({'path': df.image, 'grade': df.dr_grade}).to_csv(tmp_path/'mine.csv', index=False)
+    out = tmp_path/'out'
+    run_experiment('run_transfer', out, tmp_path/'nb.ipynb', **dict(TINY, reader='image_table', root=str(tmp_path/'mine.csv'), label='grade >= 2',
+                   reader_kwargs={'image_col': 'path', 'label_cols': ['grade']}, encoders={'random': 'random'}, protocols=['linear'],
+                   hierarchical_from=None, fractions=[1.0]))
+    m = json.loads((out/'metrics.json').read_text())
+    assert m['data']['reader'] == 'image_table' and m['data']['reader_kwargs'] == {'image_col': 'path', 'label_cols': ['grade']}
+    assert m['data']['n_train'] + m['data']['n_valid'] == len(df)
