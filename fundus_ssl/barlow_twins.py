@@ -26,14 +26,14 @@ class BarlowTwins(TwoViewLoss):
     "Barlow Twins as a fastai callback: the views' cross-correlation over the global batch towards the identity."
     name = 'barlow_twins'
     def __init__(self, lambd:float=5e-3,   # lambda, weight of the off-diagonal terms
-                 scale:float=1.,           # factor of the loss
+                 loss_scale:float=1.,      # factor of the loss (`scale` is the crops' AugSettings field)
                  aug=BARLOW_TWINS_AUG,     # views: a preset name, `AugSettings`, a pair, or a `TwoViewAug`
                  size:int|None=None,       # side of the views; None: the loader's image size
                  **aug_overrides):         # `AugSettings` fields, e.g. p_blur=0.
         super().__init__(aug, size, **aug_overrides)
-        self.lambd, self.scale = lambd, scale
+        self.lambd, self.loss_scale = lambd, loss_scale
 
-    def view_loss(self, z1:Tensor, z2:Tensor) -> Tensor: return barlow_twins_loss(z1, z2, self.lambd, self.scale)
+    def view_loss(self, z1:Tensor, z2:Tensor) -> Tensor: return barlow_twins_loss(z1, z2, self.lambd, self.loss_scale)
 
 def barlow_twins_learner(dls:DataLoaders,               # images (e.g. `unlabeled_dls`; labels are ignored)
                          encoder:str|Encoder='resnet18', # a timm name or an `Encoder`
