@@ -58,13 +58,14 @@ def main(argv=None):
     for name, params in stages(a.methods.split(','), a.tasks.split(',')):
         if done.get(name, {}).get('ok') and name != 'report': print(f'{name}: done'); continue
         t0 = time.time()
+        commit_id = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # the code this stage ran
         args = [sys.executable, '-m', 'papermill', '-k', 'python3', '--cwd', str(ROOT/'nbs'), str(ROOT/'nbs'/'run_benchmark.ipynb'),
                 str(out/f"run_{name.replace(' ', '_')}.ipynb"), '-p', 'scale', a.scale, '-p', 'out_dir', str(out)]
         for k, v in params.items(): args += ['-p', k, v]
         if name == 'report': args += ['-p', 'results_dir', str(dest)]
         print(f'{name}: running', flush=True)
         p = subprocess.run(args, cwd=ROOT)
-        done[name] = dict(ok=p.returncode == 0, seconds=round(time.time() - t0, 1), finished=time.strftime('%Y-%m-%d %H:%M:%S'))
+        done[name] = dict(ok=p.returncode == 0, seconds=round(time.time() - t0, 1), finished=time.strftime('%Y-%m-%d %H:%M:%S'), commit=commit_id)
         log.write_text(json.dumps(done, indent=1))
         copied = copy_results(out, dest)
         shutil.copy(log, dest/'stages.json')
