@@ -4,10 +4,18 @@ nbdev's own processing (`nbdev_proc_nbs`: show_doc rendering, cell directives ke
 this script turns each processed notebook into a Markdown page and builds them with MkDocs Material
 (sidebar, offline search) into `_docs/`. `nbs/index.ipynb` also becomes `README.md`.
 
+What this adds to nbdev's rendering, so the site reads well offline and under any base path:
+- `show_doc` cells are rendered here from the live objects: `class Name(...)`/`def name(...)` with the real
+  parameters, then a table of argument, type, default and comment (no comments, hence no links, in code blocks);
+- every API cross-reference becomes a site-relative link (`page.md#anchor`, which MkDocs makes relative), checked
+  against the anchors the pages define; links to names without an entry (private helpers) are dropped;
+- fastprogress outputs are shown as HTML tables, progress bars dropped; MathJax is served from `.ci/vendor`;
+- each page gets a "Run this page" line; a changelog page is written from `git log`.
+
     python .ci/build_docs.py            # README.md + _docs/
     python .ci/build_docs.py --readme   # README.md only
 """
-import argparse, base64, configparser, json, os, re, shutil, subprocess, sys
+import argparse, ast, base64, configparser, functools, html, importlib, inspect, io, json, os, re, shutil, subprocess, sys, tokenize
 from pathlib import Path
 
 import yaml
@@ -15,6 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PROC, BUILD, SITE = ROOT/'_proc', ROOT/'_docs_build', ROOT/'_docs'
 SRC = BUILD/'docs'
+VENDOR = ROOT/'.ci'/'vendor'
 
 def settings():
     cfg = configparser.ConfigParser(delimiters=['=']); cfg.read(ROOT/'settings.ini')
@@ -32,6 +41,15 @@ def text(x): return ''.join(x) if isinstance(x, list) else x
 
 def fence(body, lang=''): return f"```{lang}\n{body.rstrip()}\n```\n"
 
+# ---- outputs
+
+def _progress_free(h:str):
+    "fastprogress HTML without its progress bars (a bar frozen mid-run means nothing on a page); None if only bars."
+    h = re.sub(r'(?s)<style>.*?</style>', '', h)
+    h = re.sub(r'(?s)<div>\s*<progress\b.*?</progress>[^<]*</div>', '', h)
+    h = re.sub(r'(?s)<progress\b.*?</progress>[^<]*', '', h)
+    return h if '<table' in h else None
+
 def render_output(out, page, n, assets, asis):
     if out['output_type'] == 'stream': return fence(text(out['text']), 'text')
     if out['output_type'] == 'error':
@@ -43,21 +61,241 @@ def render_output(out, page, n, assets, asis):
             (assets/name).write_bytes(base64.b64decode(text(data[mime])))
             return f'![](assets/{name})\n'
     if 'image/svg+xml' in data: return text(data['image/svg+xml']) + '\n'
+    # HTML first: fastprogress also offers its table as a fenced `html` listing under text/markdown
+    if 'text/html' in data:
+        h = text(data['text/html'])
+        if '<progress' in h and (h := _progress_free(h)) is None: return ''
+        return '<div class="nb-output" markdown="0">\n' + h + '\n</div>\n'
     if 'text/markdown' in data: return text(data['text/markdown']) + '\n'
-    if 'text/html' in data: return '<div class="nb-output" markdown="0">\n' + text(data['text/html']) + '\n</div>\n'
     if 'text/plain' in data: return text(data['text/plain']) + '\n' if asis else fence(text(data['text/plain']), 'text')
     return ''
 
+# ---- API entries (show_doc), rendered from the objects
+
+def _anno(a) -> str:
+    if a is inspect.Parameter.empty or a is None: return ''
+    if isinstance(a, str): return a
+    if hasattr(a, '__forward_arg__'): return a.__forward_arg__
+    return inspect.formatannotation(a)
+
+def _default(d) -> str:
+    if d is inspect.Parameter.empty: return ''
+    if inspect.isfunction(d) or inspect.isclass(d): return d.__name__
+    return repr(d)
+
+def _field_comments(cls) -> dict:
+    "`# comments` after the fields of a NamedTuple or dataclass body."
+    try: src = inspect.getsource(cls)
+    except (OSError, TypeError): return {}
+    res = {}
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            m = re.match(r'\s+(\w+)\s*:[^#]*$', tok.line[:tok.start[1]])
+            if m: res.setdefault(m[1], tok.string.lstrip('#').strip())
+    return res
+
+def param_docs(obj) -> dict:
+    "Each parameter's comment (fastcore docments), 'return' included, for a function or class."
+    from fastcore.docments import docments
+    res = {}
+    targets = [obj]
+    if inspect.isclass(obj):
+        res.update(_field_comments(obj))
+        targets = [obj.__dict__['__init__']] if '__init__' in obj.__dict__ else [obj]
+    for t in targets:
+        try: res.update({k: v for k, v in docments(t).items() if v})
+        except Exception: pass
+    return res
+
+def _cell(s:str) -> str: return s.replace('|', '\\|').replace('\n', ' ')
+
+def _code(s:str) -> str:
+    "A Markdown code span of `s` (backticks inside are fenced with more backticks)."
+    if not s: return ''
+    ticks = '`' * (max((len(m) for m in re.findall('`+', s)), default=0) + 1)
+    return f'{ticks}{" " if s.startswith("`") or s.endswith("`") else ""}{s}{" " if s.startswith("`") or s.endswith("`") else ""}{ticks}'
+
+@functools.lru_cache(None)
+def lookup():
+    from nbdev.doclinks import NbdevLookup
+    return NbdevLookup()
+
+def api_entry(obj, name:str, level:int=3) -> str:
+    "Markdown for one API entry: heading with nbdev's anchor, source link, signature, docstring, parameter table."
+    if isinstance(obj, property): obj = obj.fget
+    obj = inspect.unwrap(obj) if inspect.isfunction(obj) else obj
+    is_cls = inspect.isclass(obj)
+    try: sig = inspect.signature(obj)
+    except (TypeError, ValueError): sig = None
+    params = list(sig.parameters.values()) if sig else []
+    if params and not is_cls and '.' in getattr(obj, '__qualname__', '') and params[0].name in ('self', 'cls'):
+        params = params[1:]
+    docs = param_docs(obj) if sig else {}
+    def p_str(p):
+        r = ('*' if p.kind == p.VAR_POSITIONAL else '**' if p.kind == p.VAR_KEYWORD else '') + p.name
+        if _anno(p.annotation): r += ':' + _anno(p.annotation)
+        if p.default is not p.empty: r += '=' + _default(p.default)
+        return r
+    ret = _anno(sig.return_annotation) if sig and not is_cls else ''
+    head = f"{'class' if is_cls else 'def'} {name.split('.')[-1]}("
+    args = [p_str(p) for p in params]
+    one = head + ', '.join(args) + ')' + (f' -> {ret}' if ret else '')
+    sig_src = one if len(one) <= 90 else head + '\n' + ''.join(f'    {a},\n' for a in args) + ')' + (f' -> {ret}' if ret else '')
+    bases = ', '.join(b.__name__ for b in getattr(obj, '__bases__', ()) if b is not object)
+    bare = f'class {name}({bases})' if is_cls and bases else f"{'class' if is_cls else 'def'} {name}"  # no signature: how it is declared
+    anchor = name.lower()
+    heading = f"{'#' * level} {name}" + (f' {{ #{anchor} }}' if '__' not in anchor else '')
+    parts = ['---\n']
+    fullname = f'{obj.__module__}.{getattr(obj, "__qualname__", name)}'
+    if (src := lookup().code(fullname)):
+        try: src = re.sub(r'#L\w*$', f'#L{inspect.getsourcelines(obj)[1]}', src)
+        except (OSError, TypeError): src = src.split('#')[0]
+        parts.append(f'[source]({src}){{ .api-source target="_blank" }}\n')
+    if '__' in anchor: parts.append(f'<a id="{anchor}"></a>\n')
+    parts += [heading + '\n', '<div class="api-sig" markdown>\n\n' + fence(sig_src if sig else bare, 'python') + '\n</div>\n']
+    doc = obj.__doc__ if is_cls else inspect.getdoc(obj)
+    if doc and not (is_cls and doc.startswith(f'{obj.__name__}(')):  # NamedTuple's generated docstring
+        parts.append(inspect.cleandoc(doc) + '\n')
+    rows = [(p, docs.get(p.name, '')) for p in params]
+    if rows or docs.get('return'):
+        tbl = ['<div class="api-params" markdown>\n', '| Argument | Type | Default | Details |', '|---|---|---|---|']
+        for p, d in rows:
+            star = '\\*' if p.kind == p.VAR_POSITIONAL else '\\*\\*' if p.kind == p.VAR_KEYWORD else ''
+            tbl.append(f'| {star}{_cell(_code(p.name))} | {_cell(_code(_anno(p.annotation)))} | '
+                       f'{_cell(_code(_default(p.default)))} | {_cell(d or "")} |')
+        if not is_cls and (ret or docs.get('return')):
+            tbl.append(f'| **returns** | {_cell(_code(ret))} |  | {_cell(docs.get("return") or "")} |')
+        parts.append('\n'.join(tbl) + '\n\n</div>\n')
+    return lookup().linkify('\n'.join(parts)) + '\n'
+
+@functools.lru_cache(None)
+def module_of(stem:str):
+    "The module `nbs/<stem>.ipynb` exports to (`#| default_exp`), or None."
+    nb = ROOT/'nbs'/f'{stem}.ipynb'
+    if not nb.exists(): return None
+    for c in json.loads(nb.read_text())['cells']:
+        m = re.search(r'^#\|\s*default_exp\s+(\S+)', text(c['source']), re.M)
+        if c['cell_type'] == 'code' and m: return m[1]
+    return None
+
+def resolve(expr:str, mod:str|None):
+    "The object a `show_doc` argument names, looked up in the notebook's module, then in the package."
+    from fundus_ssl import _modidx
+    spaces = [f'fundus_ssl.{mod}'] if mod else []
+    head = expr.split('.')[0]
+    spaces += sorted({k.rsplit('.', 1)[0] for syms in _modidx.d['syms'].values() for k in syms
+                      if k.rsplit('.', 1)[-1] == head and k.count('.') == 2})
+    for sp in spaces:
+        try: m = importlib.import_module(sp)
+        except Exception: continue
+        try: return functools.reduce(getattr, expr.split('.'), m)
+        except AttributeError: continue
+    return None
+
+def show_doc_md(code:str, mod:str|None):
+    "Our rendering of a cell that is one `show_doc(name, ...)` call, or None to keep nbdev's output."
+    try: call = ast.parse(code).body
+    except SyntaxError: return None
+    if len(call) != 1 or not isinstance(c := call[0].value if isinstance(call[0], ast.Expr) else None, ast.Call): return None
+    if not (isinstance(c.func, ast.Name) and c.func.id == 'show_doc' and c.args): return None
+    expr = ast.unparse(c.args[0])
+    kw = {k.arg: ast.literal_eval(k.value) for k in c.keywords if isinstance(k.value, ast.Constant)}
+    obj = resolve(expr, mod)
+    if obj is None or not (callable(obj) or isinstance(obj, property)): return None
+    try: return api_entry(obj, kw.get('name') or expr, kw.get('title_level', 3))
+    except Exception as e:
+        print(f'build_docs: show_doc({expr}) kept as nbdev rendered it ({type(e).__name__}: {e})', file=sys.stderr)
+        return None
+
+# ---- experiment parameters (papermill's `parameters` cell)
+
+def parameters_md(code:str) -> str:
+    "A table of a papermill `parameters` cell: name, type, default, comment; the cell itself folded below."
+    comments = {}
+    for tok in tokenize.generate_tokens(io.StringIO(code).readline):
+        if tok.type == tokenize.COMMENT: comments[tok.start[0]] = tok.string.lstrip('#').strip()
+    rows = ['<div class="api-params" markdown>\n', '| Parameter | Type | Default | Details |', '|---|---|---|---|']
+    for st in ast.parse(code).body:
+        if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name):
+            name, typ, val = st.target.id, ast.unparse(st.annotation), st.value
+        elif isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Name):
+            name, typ, val = st.targets[0].id, '', st.value
+        else: continue
+        note = ' '.join(comments[l] for l in range(st.lineno, st.end_lineno + 1) if l in comments)
+        if not typ and isinstance(val, ast.Constant) and val.value is not None: typ = type(val.value).__name__
+        rows.append(f'| {_cell(_code(name))} | {_cell(_code(typ))} | {_cell(_code(ast.unparse(val) if val else ""))} | {_cell(note)} |')
+    folded = '??? note "The parameters cell"\n\n' + ''.join('    ' + l + '\n' for l in fence(code, 'python').splitlines())
+    return '\n'.join(rows) + '\n\n</div>\n\n' + folded
+
+# ---- links
+
+def site_url(): return settings()['doc_host'] + settings()['doc_baseurl']
+
+_LINK = re.compile(r'\[((?:[^\[\]]|\[[^\[\]]*\])*)\]\(([^()\s]*)\)')
+
+def strip_links_in_code(md:str) -> str:
+    "Links never go inside code blocks: `[`x`](url)` back to `` `x` `` in every fenced block."
+    out, fenced = [], False
+    for l in md.split('\n'):
+        if l.lstrip().startswith('```'): fenced = not fenced
+        elif fenced: l = _LINK.sub(lambda m: m[1], l)
+        out.append(l)
+    return '\n'.join(out)
+
+def relink(md:str, anchors:dict|None, page:str, readme=False, missing=None) -> str:
+    "Links into the site (its deployed URL, or `page.html` as notebooks write them) as `page.md#anchor`, which MkDocs"
+    "makes relative; with `anchors` (page -> ids), a link to a page or entry that does not exist is dropped (its"
+    "text kept) and listed in `missing`. For the README, links are the deployed site's URLs."
+    site = site_url()
+    def fix(m):
+        label, url = m[1], m[2]
+        if url.startswith(site + '/') or url == site:
+            t = re.fullmatch(r'(?:(\w[\w-]*)(?:\.html|/)?)?(?:#(\S*))?', url[len(site):].lstrip('/'))
+        else: t = re.fullmatch(r'(\w[\w-]*)\.html(?:#(\S*))?', url)
+        if t is None: return m[0]  # external, in-page or asset link
+        target, frag = t[1] or 'index', t[2] or ''
+        if anchors is not None and (target not in anchors or (frag and frag not in anchors[target])):
+            if missing is not None: missing.append(f'{page}: {url}')
+            return label
+        if readme: return f'[{label}]({site}/{"" if target == "index" else target + "/"}{"#" + frag if frag else ""})'
+        return f'[{label}]({target}.md{"#" + frag if frag else ""})'
+    return _LINK.sub(fix, md)
+
+def page_anchors(md:str) -> set:
+    "Ids a page's Markdown defines: explicit `{ #id }`/`<a id>` and the slugs of its headings."
+    from markdown.extensions.toc import slugify
+    ids, fenced = set(), False
+    for l in md.split('\n'):
+        if l.lstrip().startswith('```'): fenced = not fenced; continue
+        if fenced: continue
+        if (h := re.match(r'#{1,6}\s+(.*?)\s*(?:\{[^}]*#([^\s}]+)[^}]*\})?\s*$', l)):
+            ids.add(h[2] if h[2] else slugify(re.sub(r'[`*]|\[([^\]]*)\]\([^)]*\)', r'\1', h[1]), '-'))
+        ids.update(re.findall(r'<a id="([^"]+)"', l))
+    return ids
+
+# ---- pages
+
+def run_line(stem:str, page:str) -> str:
+    "How to run what a page documents: its module's import, or papermill for an experiment notebook."
+    mod = module_of(stem)
+    if mod: cmd, lang, what = f'from fundus_ssl.{mod} import *', 'python', 'Use this module'
+    elif stem == 'index': cmd, lang, what = 'from fundus_ssl.core import *', 'python', 'Use the package'
+    else:
+        cmd, lang, what = f'papermill nbs/{stem}.ipynb {page}_out.ipynb   # -p NAME VALUE overrides a parameter', 'sh', 'Run this page'
+    return f'!!! tip "{what}"\n\n' + ''.join('    ' + l + '\n' for l in fence(cmd, lang).splitlines()) + '\n'
+
 def notebook_page(nb_path, assets, readme=False):
-    "Markdown of one processed notebook, and its front matter."
+    "Markdown of one processed notebook (links not yet resolved), and its front matter."
     nb = json.loads(nb_path.read_text())
     cells, meta, parts = nb['cells'], {}, []
     if cells and cells[0]['cell_type'] == 'raw' and text(cells[0]['source']).startswith('---'):
         meta = yaml.safe_load(text(cells[0]['source']).strip().strip('-')) or {}
         cells = cells[1:]
     page = Path(meta.get('output-file', nb_path.stem + '.html')).stem
+    mod = module_of(nb_path.stem)
     parts.append(f"# {meta.get('title', page)}\n")
     if meta.get('description'): parts.append(f"> {meta['description']}\n")
+    if not readme: parts.append(run_line(nb_path.stem, page))
     for i, cell in enumerate(cells):
         src = text(cell['source'])
         if cell['cell_type'] == 'markdown':
@@ -65,14 +303,15 @@ def notebook_page(nb_path, assets, readme=False):
         if cell['cell_type'] != 'code': continue
         opts, code = directives(src)
         if opts.get('include') == 'false' or 'hide' in opts: continue
-        if opts.get('echo', 'true') != 'false' and code: parts.append(fence(code, 'python'))
+        if not readme and 'show_doc' in code and (md := show_doc_md(code, mod)) is not None:
+            parts.append(md); continue
+        if not readme and 'parameters' in cell.get('metadata', {}).get('tags', []):
+            parts.append(parameters_md(code))
+        elif opts.get('echo', 'true') != 'false' and code: parts.append(fence(code, 'python'))
         if opts.get('output', 'true') == 'false': continue
         asis = opts.get('output') == 'asis'
         parts += [render_output(o, page, f'{i}_{j}', assets, asis) for j, o in enumerate(cell.get('outputs', []))]
-    md = '\n'.join(parts)
-    # links between notebooks are written `page.html`: MkDocs resolves `page.md`, the README needs the site's URL
-    site = settings()['doc_host'] + settings()['doc_baseurl']
-    md = re.sub(r'\]\((\w[\w-]*)\.html(#[^)]*)?\)', (lambda m: f'](' + (f'{site}/{m[1]}/' if readme else f'{m[1]}.md') + f'{m[2] or ""})'), md)
+    md = strip_links_in_code('\n'.join(parts))
     return page, meta.get('title', page), md
 
 def proc_nbs():
@@ -83,7 +322,7 @@ def build_readme():
     assets = ROOT/'_readme_assets'; assets.mkdir(exist_ok=True)
     _, _, md = notebook_page(PROC/'index.ipynb', assets, readme=True)
     shutil.rmtree(assets)
-    (ROOT/'README.md').write_text(md)
+    (ROOT/'README.md').write_text(relink(md, None, 'index', readme=True))
 
 def mkdocs_config(nav):
     s = settings()
@@ -93,13 +332,28 @@ def mkdocs_config(nav):
         theme=dict(name='material', features=['navigation.sections', 'search.highlight', 'content.code.copy'],
                    palette=dict(primary='deep orange')),
         plugins=['search'],
-        markdown_extensions=['tables', 'attr_list', 'md_in_html', 'admonition', 'toc',
+        markdown_extensions=['tables', 'attr_list', 'md_in_html', 'admonition', 'toc', 'pymdownx.details',
                              'pymdownx.superfences', 'pymdownx.highlight', {'pymdownx.arithmatex': {'generic': True}}],
         extra_css=['assets/extra.css'],
-        # MathJax renders the notebooks' $...$ formulas where the reader is online; offline, the TeX stays readable.
-        extra_javascript=['assets/mathjax.js', 'https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js'])
+        # MathJax from the site itself (npm's mathjax, vendored in .ci/vendor): formulas render offline too.
+        extra_javascript=['assets/mathjax-config.js', 'assets/mathjax/tex-chtml.js'],
+        validation=dict(links=dict(anchors='warn')))
 
-EXTRA_CSS = ".nb-output { overflow-x: auto; } .nb-output table { font-size: 0.7rem; }\n"
+EXTRA_CSS = """
+.nb-output { overflow-x: auto; } .nb-output table { font-size: 0.7rem; }
+/* API entries: the signature wraps instead of scrolling; the parameter table fits the page */
+.api-sig pre > code { white-space: pre-wrap; overflow-wrap: anywhere; }
+.api-source { float: right; font-size: smaller; }
+.md-grid { max-width: 1600px; }  /* a wider text column: parameter tables read without scrolling at 1400 px */
+.api-params .md-typeset__scrollwrap { margin: 0 0 1em; overflow-x: visible; }
+.api-params .md-typeset__table { display: block; padding: 0; }
+.md-typeset .api-params table:not([class]) { display: table; width: 100%; font-size: 0.7rem; }
+.api-params td code { white-space: normal; overflow-wrap: break-word; word-break: normal; }
+.api-params td:first-child code { white-space: nowrap; }
+.api-params td:nth-child(2) code, .api-params td:nth-child(3) code { overflow-wrap: anywhere; }  /* long defaults */
+.md-typeset .api-params td:nth-child(2), .md-typeset .api-params td:nth-child(3) { min-width: 7em; }
+.md-typeset .api-params table:not([class]) td { padding: 0.4em 0.8em; overflow-wrap: break-word; }
+"""
 MATHJAX_JS = ("window.MathJax = {tex: {inlineMath: [['\\\\(', '\\\\)']], displayMath: [['\\\\[', '\\\\]']],"
               " processEscapes: true, processEnvironments: true}, options: {ignoreHtmlClass: '.*', processHtmlClass: 'arithmatex'}};\n")
 
@@ -113,18 +367,44 @@ def section_of(stem:str) -> str:
     num = int(re.match(r'(\d+)', stem).group(1)) if re.match(r'\d+', stem) else None
     return next((name for lo, hi, name in SECTIONS if num is not None and lo <= num < hi), 'Other')
 
+def changelog_md() -> str:
+    "The changelog page: the repository's commits by day, newest first (from `git log` at build time)."
+    try:
+        log = subprocess.run(['git', 'log', '--date=short', '--pretty=format:%ad%x09%h%x09%H%x09%s'], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+        shallow = subprocess.run(['git', 'rev-parse', '--is-shallow-repository'], cwd=ROOT, capture_output=True,
+                                 text=True).stdout.strip() == 'true'
+    except (OSError, subprocess.CalledProcessError): log, shallow = '', False
+    md = ['# Changelog\n', '> What changed in fundus_ssl, commit by commit (newest first), from the repository\'s history.\n']
+    if shallow: md.append('!!! note\n    This site was built from a shallow clone: older commits are not listed.\n')
+    if not log: md.append('The history was not available when this site was built.\n')
+    esc = lambda t: re.sub(r'([\\`*_{}\[\]<>#|])', r'\\\1', t)
+    day = None
+    for line in log.splitlines():
+        date, short, full, subject = line.split('\t', 3)
+        if date != day: md.append(f'\n## {date}\n'); day = date
+        md.append(f'- [`{short}`]({settings()["git_url"]}/commit/{full}) {esc(subject)}')
+    return '\n'.join(md) + '\n'
+
 def build_site():
     shutil.rmtree(SRC, ignore_errors=True); (SRC/'assets').mkdir(parents=True)
     (SRC/'assets'/'extra.css').write_text(EXTRA_CSS)
-    (SRC/'assets'/'mathjax.js').write_text(MATHJAX_JS)
-    sections = {}
+    (SRC/'assets'/'mathjax-config.js').write_text(MATHJAX_JS)
+    shutil.copytree(VENDOR/'mathjax', SRC/'assets'/'mathjax', ignore=shutil.ignore_patterns('LICENSE'))
+    sections, pages = {}, {}
     for nb in sorted(PROC.glob('*.ipynb'), key=lambda p: (p.stem != 'index', p.stem)):
         page, title, md = notebook_page(nb, SRC/'assets')
-        (SRC/f'{page}.md').write_text(md)
+        pages[page] = md
         sections.setdefault(section_of(nb.stem), []).append({('Home' if page == 'index' else title): f'{page}.md'})
     for doc in sorted(ROOT.glob('*.md')):
         if doc.name not in ('README.md',):
-            shutil.copy(doc, SRC/doc.name); sections.setdefault('Project', []).append({doc.stem.title(): doc.name})
+            pages[doc.stem] = doc.read_text(); sections.setdefault('Project', []).append({doc.stem.title(): f'{doc.stem}.md'})
+    pages['changelog'] = changelog_md(); sections.setdefault('Project', []).append({'Changelog': 'changelog.md'})
+    anchors = {page: page_anchors(md) for page, md in pages.items()}
+    missing = []
+    for page, md in pages.items(): (SRC/f'{page}.md').write_text(relink(md, anchors, page, missing=missing))
+    if missing: print(f'build_docs: {len(missing)} links to entries no page documents, shown as text:\n  '
+                      + '\n  '.join(sorted(set(missing))), file=sys.stderr)
     nav = [*sections.pop('', []), *({k: v} for k, v in sections.items())]
     cfg = BUILD/'mkdocs.yml'
     cfg.write_text(yaml.safe_dump(mkdocs_config(nav), sort_keys=False))
