@@ -9,10 +9,10 @@ path switch by switch, the data pipeline, sliding-window segmentation and (gpu) 
 
 Each prints tables and writes <out>/<config>.json (`--smoke`: <config>-smoke.json, never the real figures). What is measured:
 
-1. **Pretraining step** (MoCo v2, BYOL, SWCL): images/s and peak memory of one optimizer step (two views
+1. **Pretraining step** (MoCo v2, BYOL, SimCLR, Barlow Twins, VICReg, SWCL): images/s and peak memory of one optimizer step (two views
    made on the device, target network, loss, backward, fused AdamW, momentum update, MoCo's enqueue), the
    same batch every step, so the loader is not in it. `callback` runs `Learner.fit` with the method's
-   callback (`MoCoV2`, `BYOL`, `fundus_ssl.swcl.SWCL`) and `fast_path`; `plain` (`bench/plain_loops.py`) is a
+   callback (`MoCoV2`, `BYOL`, `SimCLR`, `BarlowTwins`, `VICReg`, `fundus_ssl.swcl.SWCL`) and `fast_path`; `plain` (`bench/plain_loops.py`) is a
    minimal PyTorch loop doing the same computation on a copy of the same model with the same optimizer and
    batch. SWCL's batch is what its loader yields: uint8 patches and a dict of patch labels (patient, position,
    abnormality), two patches per patient at one position, so that every patch has a positive. Each path's
@@ -47,14 +47,14 @@ from pathlib import Path
 CONFIGS = dict(
     cpu=dict(device='cpu', threads=1, encoder='test_resnet', size=64, bs=32, bf16=False, channels_last=False, compile=False,
              steps=1, warmup=1, repeats=31, switch_repeats=3, queue=256, data_n=64, data_size=224, view_size=96, data_bs=16, workers=[0, 1, 2],
-             seg_encoder='test_resnet', seg_window=256, seg_images=1, end_to_end=False),
+             seg_encoder='test_resnet', seg_window=256, seg_images=1, end_to_end=False, projector=512),
     gpu=dict(device='cuda', threads=16, encoder='resnet50', size=224, bs=256, bf16=True, channels_last=True, compile=True,
              steps=10, warmup=5, repeats=9, switch_repeats=3, queue=65536, data_n=2048, data_size=224, view_size=224, data_bs=256,
-             workers=[0, 4, 8, 16], seg_encoder='resnet50', seg_window=384, seg_images=8, end_to_end=True, e2e_workers=16),
+             workers=[0, 4, 8, 16], seg_encoder='resnet50', seg_window=384, seg_images=8, end_to_end=True, e2e_workers=16, projector=8192),
 )
 SMOKE = dict(threads=1, encoder='test_resnet', seg_encoder='test_resnet', size=64, bs=16, queue=64, steps=1, warmup=1, repeats=2,
              switch_repeats=1, data_n=16, data_size=96, view_size=64, data_bs=8, workers=[0, 1], e2e_workers=1, seg_window=128,
-             seg_images=1, compile=False)   # a config's code paths in seconds; its bf16 and channels_last are kept
+             seg_images=1, compile=False, projector=64)   # a config's code paths in seconds; its bf16 and channels_last are kept
 GFLOP_PER_IMAGE = 33.0     # ResNet-50 at 224 px: forward 4.1 GMAC = 8.2 GFLOP; query forward + backward 3 x 8.2, key forward 8.2
 PEAK_BF16_TFLOPS = {'H100': 989., 'H200': 989., 'A100': 312., 'L40S': 362.}   # dense tensor-core peaks
 LOSS_RTOL = dict(fp32=1e-4, bf16=1e-2)   # first-step losses of the two paths: same computation, same weights, same views
@@ -134,12 +134,34 @@ def methods(cfg) -> dict:
     from fundus_ssl.moco import moco_model, MoCoV2
     from fundus_ssl.byol import byol_model, BYOL
     from fundus_ssl.swcl import swcl_model, SWCL
+    from fundus_ssl.simclr import embedding_model, SimCLR
+    from fundus_ssl.barlow_twins import BarlowTwins
+    from fundus_ssl.vicreg import VICReg
+    from fundus_ssl.losses import nt_xent, barlow_twins_loss, vicreg_loss
     from plain_loops import moco_plain, byol_plain, swcl_plain
-    enc = cfg['encoder']
+    enc, wide = cfg['encoder'], dict(dim=cfg['projector'], hidden=cfg['projector'], n_layers=3)   # Barlow Twins' and VICReg's projector (papers: 8192)
     return dict(
         moco=(lambda: moco_model(enc, queue_size=cfg['queue'], dim=128, bn_splits=bn_splits(cfg['bs'])), MoCoV2, moco_plain, False),
         byol=(lambda: byol_model(enc), BYOL, byol_plain, False),
+        simclr=(lambda: embedding_model(enc), SimCLR, view_pair_plain(lambda cb, a, b: nt_xent(a, b, cb.temperature)), False),
+        barlow_twins=(lambda: embedding_model(enc, **wide), BarlowTwins,
+                      view_pair_plain(lambda cb, a, b: barlow_twins_loss(a, b, cb.lambd, cb.loss_scale)), False),
+        vicreg=(lambda: embedding_model(enc, **wide), VICReg,
+                view_pair_plain(lambda cb, a, b: vicreg_loss(a, b, cb.sim_coeff, cb.std_coeff, cb.cov_coeff).loss), False),
         swcl=(lambda: swcl_model(enc), SWCL, swcl_plain, True))
+
+
+def view_pair_plain(loss):
+    """The plain step of a method whose loss is a function of the two views' embeddings (SimCLR, Barlow Twins, VICReg):
+    both views through the one network, `loss(cb, z1, z2)`. (Kept here, not in plain_loops.py, until that file gains them.)"""
+    def step(model, cb, aug, opt, ac, x):
+        v = aug(x)
+        with ac():
+            z1, z2 = model(v.view1, v.view2)['z'].float().chunk(2)
+            l = loss(cb, z1, z2)
+        l.backward(); opt.step(); opt.zero_grad()
+        return l.detach()
+    return step
 
 
 def bn_splits(bs:int) -> int: return 8 if bs >= 64 else 2   # MoCo's BatchNorm groups per view
@@ -267,7 +289,7 @@ def bench_steps(cfg, device, cpu_time:bool) -> dict:
         check_same_loss(name, losses, cfg)
         if cfg['warmup'] > 1: time_callback(learn, b, cfg['warmup'] - 1, device); time_plain(plain, b, cfg['warmup'] - 1, device)
         results[name] = r = step_row(cfg, **alternate(learn, plain, b, cfg, device), losses=losses, cpu_time=cpu_time)
-        print(f"  {name:5s} callback {r['callback_images_s']:8.1f} img/s  plain {r['plain_images_s']:8.1f} img/s  "
+        print(f"  {name:12s} callback {r['callback_images_s']:8.1f} img/s  plain {r['plain_images_s']:8.1f} img/s  "
               f"ratio {fmt_ratio(r, 'step_ratio_callback_vs_plain', 'step_ratio_interval')}"
               + (f"  CPU-time ratio {fmt_ratio(r, 'step_ratio_cpu_time', 'step_ratio_cpu_time_interval')}" if cpu_time else ''), flush=True)
         del learn, plain, model, twin
