@@ -19,6 +19,7 @@ from .byol import byol_learner
 from .simclr import simclr_learner
 from .barlow_twins import barlow_twins_learner
 from .vicreg import vicreg_learner
+from .dino import dino_learner
 from .checkpoint import SaveState
 from .distributed import DDPTrainer, init_distributed, is_distributed, rank, world_size
 from .models import export_encoder
@@ -36,7 +37,7 @@ __all__ = ['MOCO_VARIANTS', 'PRETRAIN_METHODS', 'METHOD_ALIASES', 'OPTIMIZERS', 
 # %% ../nbs/40_cli.ipynb #26e6f11f
 _AUG_DEFAULT = dict(scale=(0.6, 1.0), p_jitter=0., p_gray=0., p_blur=0.)
 MOCO_VARIANTS = dict(mocov2=(False, False), mocov2_decorr=(False, True), mocov2_local=(True, False), mocov2_local_decorr=(True, True))
-PRETRAIN_METHODS = (*MOCO_VARIANTS, 'byol', 'simclr', 'barlow_twins', 'vicreg', 'swcl')
+PRETRAIN_METHODS = (*MOCO_VARIANTS, 'byol', 'simclr', 'barlow_twins', 'vicreg', 'dino', 'swcl')
 METHOD_ALIASES = dict(moco='mocov2', mocov2_lfl='mocov2_local')   # short names accepted on the command line
 OPTIMIZERS = dict(adam=Adam, sgd=partial(SGD, mom=0.9))
 
@@ -65,6 +66,10 @@ PRETRAIN_PARAMETERS = dict(   # name: (default, help)
     byol_momentum=(0.99, "BYOL's target momentum at the start (cosine to 1)"),
     simclr_temperature=(0.1, "SimCLR's NT-Xent temperature (paper: 0.1 on ImageNet, 0.5 on CIFAR-10)"),
     barlow_lambda=(5e-3, "Barlow Twins' weight of the off-diagonal terms (paper: 5e-3)"),
+    dino_out_dim=(4096, "DINO's head output K (paper: 65536)"),
+    dino_teacher_temp=(0.04, "DINO's teacher temperature after its warm-up (ViT-S recipe: 0.07)"),
+    dino_momentum=(0.996, "DINO's teacher momentum at the start (cosine to 1)"),
+    dino_n_local=(8, "DINO's local crops per image"),
     projector_dim=(512, "width and output of Barlow Twins' and VICReg's 3-layer projector (papers: 8192)"),
     aug_overrides=(_AUG_DEFAULT, "AugSettings fields over the method's views, as JSON ('{}': the method's recipe)"),
     precision=('fp32', "'fp32', 'bf16' or 'fp16' (fp16: GPU only)"),
@@ -100,7 +105,7 @@ def check_pretrain_params(params:dict, # parameters of `pretrain` (unknown names
     p['method'] = METHOD_ALIASES.get(p['method'], p['method'])
     _expect(p['method'] in PRETRAIN_METHODS, 'method', p['method'], f'one of {PRETRAIN_METHODS}')
     _expect(timm.is_model(p['encoder']), 'encoder', p['encoder'], 'a timm model name (timm.list_models())')
-    for name in ('n_images', 'image_size', 'epochs', 'batch_size', 'queue_size', 'moco_dim', 'bn_splits', 'projector_dim'):
+    for name in ('n_images', 'image_size', 'epochs', 'batch_size', 'queue_size', 'moco_dim', 'bn_splits', 'projector_dim', 'dino_out_dim', 'dino_n_local'):
         _expect(isinstance(p[name], int) and p[name] > 0, name, p[name], 'a positive integer')
     _expect(isinstance(p['num_workers'], int) and p['num_workers'] >= 0, 'num_workers', p['num_workers'], 'an integer >= 0')
     _expect(p['stop_after'] is None or 1 <= p['stop_after'] <= p['epochs'], 'stop_after', p['stop_after'], f'None or 1..epochs={p["epochs"]}')
@@ -221,6 +226,12 @@ def pretrain_learner(p:dict, out:Path):
         elif m == 'simclr': learn = simclr_learner(dls, p['encoder'], temperature=p['simclr_temperature'], **common)
         elif m == 'barlow_twins': learn = barlow_twins_learner(dls, p['encoder'], dim=p['projector_dim'], lambd=p['barlow_lambda'], **common)
         elif m == 'vicreg': learn = vicreg_learner(dls, p['encoder'], dim=p['projector_dim'], **common)
+        elif m == 'dino':
+            if p['views'] == 'fixed':   # DINO's three recipes: both global views fixed, and still local crops
+                s = p['image_size']; still = dict(scale=(1., 1.), ratio=(1., 1.), p_flip=0., p_jitter=0., p_gray=0., p_blur=0., p_solarize=0.)
+                common['aug'] = (*fixed_views(s), aug_settings(size=round(s * 96 / 224), **still))
+            learn = dino_learner(dls, p['encoder'], out_dim=p['dino_out_dim'], teacher_temp=p['dino_teacher_temp'],
+                                 momentum=p['dino_momentum'], n_local=p['dino_n_local'], **common)
         else:
             local, decorr = MOCO_VARIANTS[m]
             learn = moco_learner(dls, p['encoder'], queue_size=p['queue_size'], dim=p['moco_dim'], bn_splits=p['bn_splits'] // world,
@@ -233,7 +244,8 @@ def pretrain_learner(p:dict, out:Path):
 
 # %% ../nbs/40_cli.ipynb #f6b79352
 _NOT_COMPARED = ('resume', 'stop_after', 'num_workers', 'out_dir')   # may change between a run and its resumption
-_METHOD_ONLY = dict(simclr_temperature=('simclr',), barlow_lambda=('barlow_twins',), projector_dim=('barlow_twins', 'vicreg'))  # compared for these methods only
+_METHOD_ONLY = dict(simclr_temperature=('simclr',), barlow_lambda=('barlow_twins',), projector_dim=('barlow_twins', 'vicreg'),
+                    dino_out_dim=('dino',), dino_teacher_temp=('dino',), dino_momentum=('dino',), dino_n_local=('dino',))  # compared for these methods only
 
 def _settings(p:dict) -> dict:
     "The settings a resumed run must share with the run it continues (JSON-able)."

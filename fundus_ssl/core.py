@@ -50,6 +50,7 @@ from .byol import *
 from .simclr import *
 from .barlow_twins import *
 from .vicreg import *
+from .dino import *
 from .diagnostics import *
 from .checkpoint import *
 from .pseudolabel import *
@@ -67,7 +68,7 @@ from .runs import *
 
 # %% ../nbs/00_core.ipynb #b545dbe8
 LAYERS = ('hostsync', 'io', 'preprocess', 'synthetic', 'datasets', 'data', 'cache', 'models', 'layers', 'losses',
-          'augment', 'distributed', 'pretrain', 'moco', 'byol', 'simclr', 'barlow_twins', 'vicreg', 'diagnostics', 'checkpoint', 'pseudolabel',
+          'augment', 'distributed', 'pretrain', 'moco', 'byol', 'simclr', 'barlow_twins', 'vicreg', 'dino', 'diagnostics', 'checkpoint', 'pseudolabel',
           'patches', 'swcl', 'metrics', 'transfer', 'segmentation', 'efficiency', 'representation',
           'robustness', 'interpret', 'benchmark', 'runs')
 

@@ -10,14 +10,14 @@ import numpy as np, pandas as pd
 from sklearn.model_selection import StratifiedKFold, StratifiedGroupKFold
 
 # %% auto #0
-__all__ = ['LAYOUTS', 'IMAGE_EXTS', 'SPLITS', 'EYES', 'ODIR_LABELS', 'EYEDISEASES_CLASSES', 'DatasetLayoutError',
-           'DatasetLabelError', 'MissingFilesWarning', 'DuplicateRowsWarning', 'expects_layout', 'fold_split',
-           'read_paired_folders', 'read_folder_per_class', 'read_csv_with_paths', 'read_image_folder',
-           'read_class_folders', 'read_image_table', 'reader_for', 'read_drive', 'read_stare', 'read_chase_db1',
-           'read_hrf', 'read_idrid_segmentation', 'read_refuge_classification', 'read_refuge_segmentation',
-           'read_drishti_gs1', 'read_odoc_multidomain', 'read_drions_db', 'read_eyepacs', 'read_aptos2019',
-           'read_messidor', 'read_messidor2', 'read_idrid_grading', 'read_ddr', 'read_retinamnist', 'odir_keywords',
-           'odir_is_normal', 'read_odir', 'read_rfmid', 'read_eyediseases4class']
+__all__ = ['LAYOUTS', 'IMAGE_EXTS', 'SPLITS', 'ODIR_LABELS', 'EYEDISEASES_CLASSES', 'DatasetLayoutError', 'DatasetLabelError',
+           'MissingFilesWarning', 'DuplicateRowsWarning', 'expects_layout', 'fold_split', 'read_paired_folders',
+           'read_folder_per_class', 'read_csv_with_paths', 'read_image_folder', 'read_class_folders',
+           'read_image_table', 'reader_for', 'read_drive', 'read_stare', 'read_chase_db1', 'read_hrf',
+           'read_idrid_segmentation', 'read_refuge_classification', 'read_refuge_segmentation', 'read_drishti_gs1',
+           'read_odoc_multidomain', 'read_drions_db', 'read_eyepacs', 'read_aptos2019', 'read_messidor',
+           'read_messidor2', 'read_idrid_grading', 'read_ddr', 'read_retinamnist', 'odir_keywords', 'odir_is_normal',
+           'read_odir', 'read_rfmid', 'read_eyediseases4class']
 
 # %% ../nbs/04_datasets.ipynb #95fc4a13
 class DatasetLayoutError(FileNotFoundError):
@@ -336,7 +336,8 @@ def read_csv_with_paths(csv,                     # label file: .csv, .txt, .xls 
     return _finish(df.assign(split=split), dataset, task, csv, label_cols=[n for n,_ in labels.values()])
 
 # %% ../nbs/04_datasets.ipynb #22cbb51e
-SPLITS, EYES = ('train', 'valid', 'test'), ('left', 'right')
+SPLITS = ('train', 'valid', 'test')
+from .synthetic import EYES  # ('left', 'right'): one definition for the package
 
 def _one_of(value, allowed, what:str):
     "`value` if None or in `allowed`; else a `ValueError` naming the parameter."

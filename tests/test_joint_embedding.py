@@ -34,3 +34,11 @@ def test_gradients_match_finite_differences():
     s = [torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
     t = [torch.randn(3, 5, generator=g, dtype=torch.float64) for _ in range(2)]
     assert torch.autograd.gradcheck(lambda *s: dino_loss(list(s), t, torch.zeros(5, dtype=torch.float64)), tuple(s))
+
+@pytest.mark.parametrize('views', ['method', 'fixed'])
+def test_pretrain_runs_dino(views, tmp_path):
+    "DINO through the console script: its multi-crop views (or three fixed recipes), a small head, an export timm reads."
+    m = pretrain(method='dino', n_images=16, image_size=32, batch_size=8, epochs=1, dino_out_dim=64, dino_n_local=2, views=views, out_dir=str(tmp_path))
+    assert m['method'] == 'dino' and m['steps'] >= 1 and m['export_ok']
+    assert all(torch.isfinite(torch.tensor(l['loss'])) for l in json.loads((tmp_path/'losses.json').read_text()))
+    assert {'dino_out_dim', 'dino_n_local'} <= set(json.loads((tmp_path/'run.json').read_text()))

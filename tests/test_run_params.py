@@ -41,7 +41,7 @@ def test_parameters_are_checked_first(path):
     for call in ('notebook_parameters()', 'check_parameters(params', 'prepare_out_dir(out_dir'): assert call in first, call
 
 # The notebooks whose parameters cells declare types (`name: type = default  # help`); the others follow.
-TYPED = [NBS/f'{n}.ipynb' for n in ('run_transfer', 'run_robustness', 'run_benchmark')]
+TYPED = [NBS/f'{n}.ipynb' for n in ('run_transfer', 'run_robustness', 'run_benchmark', 'run_pretrain', 'run_swcl')]
 
 def _fits(value, tp) -> bool:
     "Whether a default value is of an annotated type (builtins, their generics, Optional and Union)."
