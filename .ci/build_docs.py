@@ -107,7 +107,10 @@ def param_docs(obj) -> dict:
         except Exception: pass
     return res
 
-def _cell(s:str) -> str: return s.replace('|', '\\|').replace('\n', ' ')
+def _cell(s:str) -> str:
+    "`s` as a Markdown table cell: one line, `|` escaped except inside code spans (which the table reads whole)."
+    parts = re.split(r'((`+).*?\2)', s.replace('\n', ' '))
+    return ''.join(t if i % 3 == 1 else '' if i % 3 == 2 else t.replace('|', '\\|') for i, t in enumerate(parts))
 
 def _code(s:str) -> str:
     "A Markdown code span of `s` (backticks inside are fenced with more backticks)."
@@ -329,8 +332,9 @@ def mkdocs_config(nav):
     return dict(
         site_name=s['title'], site_description=s['description'], site_url=s['doc_host'] + s['doc_baseurl'] + '/',
         repo_url=s['git_url'], docs_dir=str(SRC), site_dir=str(SITE), use_directory_urls=True, nav=nav,
+        # font=False: the system fonts, not Google Fonts' (the site asks nothing of the network)
         theme=dict(name='material', features=['navigation.sections', 'search.highlight', 'content.code.copy'],
-                   palette=dict(primary='deep orange')),
+                   palette=dict(primary='deep orange'), font=False),
         plugins=['search'],
         markdown_extensions=['tables', 'attr_list', 'md_in_html', 'admonition', 'toc', 'pymdownx.details',
                              'pymdownx.superfences', 'pymdownx.highlight', {'pymdownx.arithmatex': {'generic': True}}],
@@ -378,7 +382,7 @@ def changelog_md() -> str:
     md = ['# Changelog\n', '> What changed in fundus_ssl, commit by commit (newest first), from the repository\'s history.\n']
     if shallow: md.append('!!! note\n    This site was built from a shallow clone: older commits are not listed.\n')
     if not log: md.append('The history was not available when this site was built.\n')
-    esc = lambda t: re.sub(r'([\\`*_{}\[\]<>#|])', r'\\\1', t)
+    esc = lambda t: re.sub(r'([\\`*_{}\[\]<>#|$])', r'\\\1', t)
     day = None
     for line in log.splitlines():
         date, short, full, subject = line.split('\t', 3)

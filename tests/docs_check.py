@@ -100,6 +100,7 @@ async function render(pages) {
                     .filter(t => /\[[^\]\n]*\]\((https?:|[\w.\/-]+\.html|#)/.test(t)).map(t => t.slice(0, 120)),
       fastprogress_text: [...doc.querySelectorAll('pre, code, p')].some(e => e.textContent.includes('class="fastprogress"')),
       signatures: doc.querySelectorAll('.api-sig').length,
+      escaped_cells: [...doc.querySelectorAll('.api-params td')].map(e => e.textContent).filter(t => t.includes('\\|')),
       param_tables: doc.querySelectorAll('.api-params table').length,
       overflowing: [...doc.querySelectorAll('.api-sig pre, .api-sig code, .api-params, .api-params .md-typeset__scrollwrap, .api-params table')]
                     .filter(e => over(e) || e.getBoundingClientRect().right > right + 1)

@@ -131,6 +131,8 @@ def test_parameters_readable_at_1400px(rendered):
         r = rendered[f'{mod}/']
         if objs: assert r['signatures'] >= len(set(objs)) and r['param_tables'] > 0, f'{mod}: {r["signatures"]} signatures'
     for p in ('run_swcl/', 'run_pretrain/'): assert rendered[p]['param_tables'] >= 1, f'{p}: no parameter table'
+    escaped = {p: r['escaped_cells'][:3] for p, r in rendered.items() if r['escaped_cells']}
+    assert not escaped, f'table cells show Markdown escapes: {escaped}'
     overflowing = {p: r['overflowing'][:5] for p, r in rendered.items() if r['overflowing']}
     assert not overflowing, f'parameter docs scroll sideways at 1400 px: {overflowing}'
 
@@ -242,3 +244,4 @@ def test_builder_outputs_and_entries(tmp_path):
     params = bd.parameters_md("image_size: int = 128  # side of the squares\nencoder = 'resnet10t'  # timm name\nroot = None\n")
     assert '| `image_size` | `int` | `128` | side of the squares |' in params and "| `encoder` | `str` | `'resnet10t'` | timm name |" in params
     assert '| `root` |  | `None` |  |' in params
+    assert bd._cell('`str | None` or a | b') == '`str | None` or a \\| b'  # a code span keeps its pipe as is
