@@ -34,7 +34,7 @@ def test_metrics(runs):
     assert first['loss_first'] < math.log(9) + 2 / 0.2
     for k in ('knn_pretrained', 'knn_random', 'knn_majority'): assert 0 <= first[k] <= 1, (k, first[k])
     # the held-out set holds 6 images: an effective rank lies in [1, 5]
-    assert first['data'] == dict(reader='synthetic_eyepacs', n_images=16, n_bank=10, n_held_out=6, classes=first['data']['classes'])
+    assert first['data'] == dict(reader='synthetic_eyepacs', root=None, reader_kwargs={}, n_images=16, n_bank=10, n_held_out=6, classes=first['data']['classes'])
     for k in ('effective_rank', 'effective_rank_random'): assert 1 <= first[k] <= 5, (k, first[k])
     assert first['export_ok'] and first['seconds'] > 0
     for f in ('data.png', 'views.png', 'loss.png', 'probe.png', 'spectrum.png', 'features.npz', 'encoder_report.txt'):
@@ -84,3 +84,68 @@ def test_misspelled_values_fail_before_any_work(tmp_path):
                            **{**TINY, 'method': 'mocov3', 'optimizer': 'adamw', 'reader': 'eyepacks', 'aug_overrides': {'p_blurr': 0.}})
     for s in ("method='mocov3'", "optimizer='adamw'", "reader='eyepacks'", "(did you mean 'eyepacs'?)", "not 'p_blurr'"): assert s in err, (s, err)
     assert not (tmp_path/'out').exists()
+
+# ---- your own data (issue 15): a plain folder of images without labels, a CSV of paths and labels; checked before any work
+import os, shutil, warnings
+import pandas as pd
+
+def test_bad_reader_kwargs_fail_before_any_work(tmp_path):
+    err = experiment_error('run_pretrain', tmp_path/'out', tmp_path/'nb.ipynb',
+                           **{**TINY, 'reader': 'image_folder', 'root': str(tmp_path), 'knn_label': None, 'reader_kwargs': {'globb': '*.png'}})
+    assert err.startswith('ParameterError: ') and "reader_kwargs ['globb'] of read_image_folder" in err, err
+    assert not (tmp_path/'out').exists()
+
+FUNDUS_DATA = os.environ.get('FUNDUS_DATA')
+needs_data = pytest.mark.skipif(not FUNDUS_DATA, reason='FUNDUS_DATA is unset (the real datasets)')
+
+def flat_folder(dest:Path, n:int=24) -> Path:
+    "`n` EyeDiseases4class images (a share of each class) copied into one folder, no labels; names made unique by their class."
+    src = Path(FUNDUS_DATA)/'EyeDiseases4class_256'
+    classes = sorted(d for d in src.iterdir() if d.is_dir())
+    dest.mkdir(parents=True)
+    for c in classes:
+        images = [f for f in sorted(c.iterdir()) if f.suffix.lower() in ('.jpg', '.jpeg', '.png')]  # diabetic_retinopathy: .jpeg
+        for f in images[:n // len(classes)]: shutil.copy(f, dest/f'{c.name}_{f.name}')
+    return dest
+
+def odir_table(path:Path, n:int=24) -> Path:
+    "A CSV of `n` ODIR images (absolute paths), half normal and half abnormal: columns image, label."
+    from fundus_ssl.datasets import read_odir
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        df = read_odir(Path(FUNDUS_DATA)/'ODIR-5K')
+    rows = df.sample(frac=1, random_state=0).groupby('label').head(n // 2)
+    rows[['image', 'label']].to_csv(path, index=False)
+    return path
+
+def executed_text(notebook:Path) -> str:
+    "Everything an executed notebook printed or displayed."
+    nb = json.loads(notebook.read_text())
+    return ''.join(''.join(o.get('text', '')) + ''.join(o.get('data', {}).get('text/markdown', ''))
+                   for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', []))
+
+@pytest.fixture(scope='module')
+def own_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp('own_data')
+    return flat_folder(d/'flat'), odir_table(d/'odir.csv')
+
+@needs_data
+def test_runs_on_a_folder_without_labels(own_data, tmp_path):
+    "A plain folder of images (reader image_folder), no labels: knn_label None trains, exports and reports without the kNN probe."
+    out = tmp_path/'out'; out.mkdir()
+    m = run(out, reader='image_folder', root=str(own_data[0]), knn_label=None, epochs=1)
+    assert m['data']['reader'] == 'image_folder' and m['data']['n_images'] == 24 and m['data']['classes'] is None
+    assert m['knn_label'] is None and m['knn_pretrained'] is None and m['knn_random'] is None and m['knn_majority'] is None
+    assert [h['knn'] for h in m['history']] == [None] and math.isfinite(m['effective_rank']) and m['export_ok']
+    for f in ('data.png', 'loss.png', 'probe.png', 'spectrum.png', 'encoder.safetensors'): assert (out/f).stat().st_size > 0, f
+    text = executed_text(out/'run_pretrain.ipynb')
+    assert 'no kNN probe (knn_label=None)' in text and 'kNN probe skipped' in text
+
+@needs_data
+def test_runs_on_a_table_of_your_own(own_data, tmp_path):
+    "A CSV of ODIR's paths and normal/abnormal labels goes in through reader image_table and its reader_kwargs; the probe uses its label."
+    out = tmp_path/'out'; out.mkdir()
+    m = run(out, reader='image_table', root=str(own_data[1]), reader_kwargs={'label_cols': ['label']}, knn_label='label', epochs=1)
+    assert m['data']['reader'] == 'image_table' and m['data']['reader_kwargs'] == {'label_cols': ['label']} and m['data']['n_images'] == 24
+    assert set(m['data']['classes']) == {'normal', 'abnormal'} and m['params']['reader_kwargs'] == {'label_cols': ['label']}
+    for k in ('knn_pretrained', 'knn_random', 'knn_majority'): assert 0 <= m[k] <= 1, (k, m[k])
