@@ -43,6 +43,7 @@ CHECKER_NAME = '__docs_check__.html'
 CHECKER_HTML = r"""<!doctype html><html><body><pre id="result">running</pre><script>
 const base = location.href.replace(/__docs_check__\.html.*$/, '');
 const mode = new URLSearchParams(location.search).get('mode');
+const deployed = new URLSearchParams(location.search).get('deployed');  // the site's public URL: links use relative paths
 const strip = u => u.split('#')[0];
 const inSite = u => u.startsWith(location.origin + '/');
 async function crawl() {
@@ -60,6 +61,8 @@ async function crawl() {
       for (const e of doc.querySelectorAll(sel)) {
         const raw = e.getAttribute(attr);
         if (/^(mailto|javascript|data):/.test(raw)) continue;
+        if (deployed && sel === 'a[href]' && raw.startsWith(deployed)) {  // leaves a local copy; 404s once deployed if .html
+          refs.push({from: url, href: raw, url: raw, absolute: true}); continue; }
         const abs = new URL(raw, url).href;
         if (!inSite(abs)) continue;
         refs.push({from: url, href: raw, url: abs});
@@ -69,6 +72,7 @@ async function crawl() {
   }
   const broken = [], missing = [];
   for (const r of refs) {
+    if (r.absolute) { broken.push(`${r.from} -> ${r.href} (an absolute link to the deployed site)`); continue; }
     const page = strip(r.url), frag = r.url.includes('#') ? decodeURIComponent(r.url.split('#')[1]) : '';
     if (status[page] !== 200) broken.push(`${r.from} -> ${r.href} (${status[page]})`);
     else if (frag && ids[page] && !ids[page].includes(frag)) missing.push(`${r.from} -> ${r.href}`);
@@ -130,9 +134,12 @@ def _checker(url, timeout):
     assert 'error' not in res, res['error']
     return res
 
-def crawl_site(base_url, timeout=300):
-    "Crawl a served site from its home page in Chromium: `pages` found, `broken` references, `missing` anchors."
-    return _checker(f'{base_url.rstrip("/")}/{CHECKER_NAME}?mode=crawl', timeout)
+def crawl_site(base_url, deployed=None, timeout=300):
+    "Crawl a served site from its home page in Chromium: `pages` found, `broken` references, `missing` anchors;"
+    "a link to `deployed` (the public site's URL) counts as broken: it leaves a local copy."
+    import urllib.parse
+    q = f'&deployed={urllib.parse.quote(deployed)}' if deployed else ''
+    return _checker(f'{base_url.rstrip("/")}/{CHECKER_NAME}?mode=crawl{q}', timeout)
 
 def render_pages(base_url, pages, timeout=600):
     "Render `pages` (paths under `base_url`) at 1400 px, network off: per page its text, MathJax and layout facts."

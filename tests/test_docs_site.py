@@ -105,7 +105,9 @@ def test_api_pages_list_their_entries(rendered):
 
 def test_links_and_anchors(served):
     "A crawl from Home finds every internal link, image, script and anchor, at the root and under the base path."
-    res = crawl_site(served)
+    import configparser
+    cfg = configparser.ConfigParser(); cfg.read(ROOT/'settings.ini')
+    res = crawl_site(served, deployed=cfg['DEFAULT']['doc_host'] + cfg['DEFAULT']['doc_baseurl'])
     assert len(res['pages']) >= len(site_pages()), f'the crawl reached {len(res["pages"])} pages of {len(site_pages())}'
     assert not res['broken'], f'{len(res["broken"])} broken internal references: {res["broken"][:20]}'
     assert not res['missing'], f'{len(res["missing"])} links to missing anchors: {res["missing"][:20]}'
@@ -185,7 +187,8 @@ def test_check_catches_broken_pages(tmp_path, page):
 
 BROKEN_SITE = {
     'index.html': '<html><body><h1 id="top">fundus_ssl</h1><a href="other/">ok</a> <a href="gone/">gone</a> '
-                  '<a href="other/#nope">bad anchor</a> <a href="/other/">root-absolute</a></body></html>',
+                  '<a href="other/#nope">bad anchor</a> <a href="/other/">root-absolute</a> '
+                  '<a href="https://fundus-ssl.github.io/fundus_ssl/other.html#here">deployed</a></body></html>',
     'other/index.html': '<html><body><h2 id="here">x</h2><a href="../#top">back</a>'
                         '<pre><code>x, # see [`f`](https://example.org/f.html#f)</code></pre>'
                         '<pre>&lt;div&gt;&lt;table class="fastprogress"&gt;</pre><p><span class="arithmatex">\\(x^2\\)</span></p>'
@@ -197,7 +200,8 @@ def test_checker_catches_a_broken_site(tmp_path):
         (tmp_path/name).parent.mkdir(parents=True, exist_ok=True); (tmp_path/name).write_text(body)
     server, url = serve(BASE_PATH, tmp_path)
     try:
-        res = crawl_site(url)
+        res = crawl_site(url, deployed='https://fundus-ssl.github.io/fundus_ssl')
+        assert any('other.html#here' in b for b in res['broken']), res
         assert any('gone/' in b for b in res['broken']) and any(b.endswith('/other/ (404)') for b in res['broken']), res
         assert any('#nope' in m for m in res['missing']) and not any('#top' in m for m in res['missing']), res
         other = render_pages(url, ['other/'])['other/']
