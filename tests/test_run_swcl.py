@@ -76,6 +76,12 @@ def test_misspelled_values_fail_before_any_work(tmp_path):
     assert "expected one of 'fp32', 'bf16', 'fp16'" in err and "(did you mean 'position'" in err
     assert not (tmp_path/'out').exists()
 
+def test_bad_reader_kwargs_fail_before_any_work(tmp_path):
+    err = experiment_error('run_swcl', tmp_path/'out', tmp_path/'run_swcl.ipynb',
+                           **dict(TINY, unlabeled_reader='image_folder', unlabeled_root=str(tmp_path), unlabeled_reader_kwargs={'globb': '*.png'}))
+    assert err.startswith('ParameterError: ') and "unlabeled_reader_kwargs ['globb'] of read_image_folder" in err, err
+    assert not (tmp_path/'out').exists()
+
 def test_existing_run_is_not_written_over(run, tmp_path):
     before = snapshot(run)
     assert {'pseudo_labels.csv', 'patches/patches.csv', 'metrics.json', 'run.json'} <= set(before)
@@ -93,3 +99,46 @@ def test_finished_run_resumed(run, tmp_path):
     m = json.loads((run/'metrics.json').read_text(), parse_constant=lambda c: pytest.fail(f'metrics.json holds {c}'))
     assert len(json.loads((run/'run.json').read_text())['resumed']) == 1
     assert m['pretraining'] == before['pretraining'] and m['pretraining']['swcl']['steps'] > 0  # not NaN over 0 steps
+
+# ---- your own data (issue 15): the pool a plain folder of images without labels, the labeled set a CSV of paths and labels
+import os, shutil, warnings
+import pandas as pd
+
+FUNDUS_DATA = os.environ.get('FUNDUS_DATA')
+
+def flat_folder(dest:Path, n:int=24) -> Path:
+    "`n` EyeDiseases4class images (a share of each class) copied into one folder, no labels; names made unique by their class."
+    src = Path(FUNDUS_DATA)/'EyeDiseases4class_256'
+    classes = sorted(d for d in src.iterdir() if d.is_dir())
+    dest.mkdir(parents=True)
+    for c in classes:
+        images = [f for f in sorted(c.iterdir()) if f.suffix.lower() in ('.jpg', '.jpeg', '.png')]  # diabetic_retinopathy: .jpeg
+        for f in images[:n // len(classes)]: shutil.copy(f, dest/f'{c.name}_{f.name}')
+    return dest
+
+def odir_table(path:Path, n:int=24) -> Path:
+    "A CSV of `n` ODIR images (absolute paths), half normal and half abnormal: columns image, label (no patient, no eye)."
+    from fundus_ssl.datasets import read_odir
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        df = read_odir(Path(FUNDUS_DATA)/'ODIR-5K')
+    rows = df.sample(frac=1, random_state=0).groupby('label').head(n // 2)
+    rows[['image', 'label']].to_csv(path, index=False)
+    return path
+
+@pytest.mark.skipif(not FUNDUS_DATA, reason='FUNDUS_DATA is unset (the real datasets)')
+def test_runs_on_your_own_folder_and_table(tmp_path):
+    "Pool: a flat folder of EyeDiseases4class images (image_folder, no labels); labeled set: a CSV of ODIR paths and normal/abnormal labels."
+    out = tmp_path/'out'; out.mkdir()
+    pool, table = flat_folder(tmp_path/'flat'), odir_table(tmp_path/'odir.csv')
+    run_experiment('run_swcl', out, **dict(TINY, keep_checkpoints=False, unlabeled_reader='image_folder', unlabeled_root=str(pool),
+                                            labeled_reader='image_table', labeled_root=str(table), labeled_reader_kwargs={'label_cols': ['label']}))
+    m = json.loads((out/'metrics.json').read_text())
+    assert m['data']['unlabeled'] == dict(reader='image_folder', reader_kwargs={}, n_images=24)
+    assert m['data']['labeled']['reader'] == 'image_table' and m['data']['labeled']['reader_kwargs'] == {'label_cols': ['label']}
+    assert m['data']['labeled']['n_images'] == 24 and m['data']['labeled']['n_abnormal'] == 12 and m['data']['labeled']['n_valid'] > 0
+    assert m['pseudo_labeler']['pool_check']['true_abnormal_share'] is None and m['patches']['lesion_check'] is None  # no ground truth
+    assert m['patches']['n'] == 5 * (24 + m['data']['labeled']['n_images'] - m['data']['labeled']['n_valid'])
+    for init, r in m['downstream'].items():
+        for metric, v in r.items(): assert 0 <= v['value'] <= 1, (init, metric, v)
+    assert len(pd.read_csv(out/'pseudo_labels.csv')) == 24 and not (out/'checkpoints').exists()
