@@ -56,7 +56,9 @@ def main(argv=None):
     log = out/'stages.json'; out.mkdir(parents=True, exist_ok=True)
     done = json.loads(log.read_text()) if log.exists() else {}
     for name, params in stages(a.methods.split(','), a.tasks.split(',')):
-        if done.get(name, {}).get('ok') and name != 'report': print(f'{name}: done'); continue
+        rec = done.get(name, {})
+        ran = set(rec.get('methods', params['methods']).split(','))   # stages recorded before methods were kept ran them all
+        if rec.get('ok') and name != 'report' and set(params['methods'].split(',')) <= ran: print(f'{name}: done'); continue
         t0 = time.time()
         commit_id = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # the code this stage ran
         args = [sys.executable, '-m', 'papermill', '-k', 'python3', '--cwd', str(ROOT/'nbs'), str(ROOT/'nbs'/'run_benchmark.ipynb'),
@@ -65,7 +67,7 @@ def main(argv=None):
         if name == 'report': args += ['-p', 'results_dir', str(dest)]
         print(f'{name}: running', flush=True)
         p = subprocess.run(args, cwd=ROOT)
-        done[name] = dict(ok=p.returncode == 0, seconds=round(time.time() - t0, 1), finished=time.strftime('%Y-%m-%d %H:%M:%S'), commit=commit_id)
+        done[name] = dict(ok=p.returncode == 0, seconds=round(time.time() - t0, 1), finished=time.strftime('%Y-%m-%d %H:%M:%S'), commit=commit_id, methods=params['methods'])
         log.write_text(json.dumps(done, indent=1))
         copied = copy_results(out, dest)
         shutil.copy(log, dest/'stages.json')
