@@ -149,3 +149,9 @@ def test_runs_on_a_table_of_your_own(own_data, tmp_path):
     assert m['data']['reader'] == 'image_table' and m['data']['reader_kwargs'] == {'label_cols': ['label']} and m['data']['n_images'] == 24
     assert set(m['data']['classes']) == {'normal', 'abnormal'} and m['params']['reader_kwargs'] == {'label_cols': ['label']}
     for k in ('knn_pretrained', 'knn_random', 'knn_majority'): assert 0 <= m[k] <= 1, (k, m[k])
+
+def test_dino_runs(tmp_path):
+    "DINO through run_pretrain: multi-crop views, a small head, trained, exported and probed like the other methods."
+    m = run(tmp_path, method='dino', dino_out_dim=64, dino_n_local=2, epochs=1)
+    assert m['method'] == 'dino' and m['export_ok'] and m['params']['dino_n_local'] == 2
+    assert all(math.isfinite(h['loss']) for h in m['history'])
