@@ -89,16 +89,18 @@ def positive_weights(batch_size:int,              # B, samples in the batch
     return torch.where(union > 0, inter / union.clamp_min(torch.finfo(y.dtype).tiny), 1.0)[None]   # J(empty, empty) = 1
 
 # %% ../nbs/08_losses.ipynb #d8a86938
-def _supcon_terms(z:Tensor,             # anchors [V*B, D], view-major (row v*B + b is view v of sample b)
+def _supcon_terms(z:Tensor,             # views [V*B, D], view-major (row v*B + b is view v of sample b)
                  w:Tensor,             # positive weights [B, B] of one term
                  temperature:float,    # tau
-                ) -> tuple[Tensor, Tensor]: # per-anchor losses [V*B], and which anchors have a positive [V*B]
+                 one:bool=False,       # anchors: the first view only (SupContrast's contrast_mode='one'), else every view
+                ) -> tuple[Tensor, Tensor]: # per-anchor losses [A], and which anchors have a positive [A] (A = B or V*B)
     "Per-anchor SupCon losses (before the temperature scale) of one weight matrix, and the anchors that count."
     n, views = len(z), len(z) // len(w)
-    self_pair = torch.eye(n, dtype=torch.bool, device=z.device)
-    logits = z @ z.T / temperature
+    na = len(w) if one else n
+    self_pair = torch.eye(na, n, dtype=torch.bool, device=z.device)
+    logits = z[:na] @ z.T / temperature
     log_prob = logits - logits.masked_fill(self_pair, float('-inf')).logsumexp(1, keepdim=True)  # max-shifted inside
-    pos = w.to(z).repeat(views, views).masked_fill(self_pair, 0)
+    pos = w.to(z).repeat(1 if one else views, views).masked_fill(self_pair, 0)
     npos = pos.sum(1)
     has_pos = npos > 0
     return -(pos * log_prob).sum(1) / npos.where(has_pos, 1), has_pos
@@ -110,18 +112,22 @@ def supcon_loss(features:Tensor,              # [B, V, D]: V views (V >= 1) of B
                 base_temperature:float|None=None, # tau_b: the loss is scaled by tau / tau_b; None: tau (no scaling)
                 multilabel:str='jaccard',     # for [B, L] labels: 'jaccard' or 'per_label'
                 normalize:bool=True,          # L2-normalise here (False: the caller did)
-               ) -> Tensor:                   # scalar: mean over anchors that have a positive (and over terms)
+                contrast_mode:str='all',      # anchors: 'all' views, or 'one' (the first view only; SupContrast's option)
+                no_positive:str='skip',       # anchors without a positive: 'skip' (left out of the mean) or 'count' (0 in the mean, SupContrast's code)
+               ) -> Tensor:                   # scalar: mean over anchors (and over terms)
     "SupCon loss with class labels, multi-labels or a weighted positive mask; without them, SimCLR over V views."
     if features.dim() != 3: raise ValueError(f'supcon_loss: features must be [B, V, D], got {tuple(features.shape)}')
+    if contrast_mode not in ('all', 'one'): raise ValueError(f"supcon_loss: contrast_mode={contrast_mode!r}: expected 'all' or 'one'")
+    if no_positive not in ('skip', 'count'): raise ValueError(f"supcon_loss: no_positive={no_positive!r}: expected 'skip' or 'count'")
     b, v, _ = features.shape
     weights = host_to_device(positive_weights(b, labels, mask, multilabel, features.device), features.device)
     scale = temperature / (base_temperature or temperature)
     with _no_autocast(features):
         z = _full_precision(features, normalize).transpose(0, 1).reshape(v * b, -1)
-        terms = [_supcon_terms(z, w, temperature) for w in weights]
+        terms = [_supcon_terms(z, w, temperature, contrast_mode == 'one') for w in weights]
         # means over the anchors that have a positive, then over the terms that have one; no anchor with a
         # positive: 0 with a valid graph. Weighted sums, not masks or `if`s: the host never waits for the device.
-        means = torch.stack([(loss * has).sum() / has.sum().clamp_min(1) for loss, has in terms])
+        means = torch.stack([(loss * has).sum() / (has.sum().clamp_min(1) if no_positive == 'skip' else len(has)) for loss, has in terms])
         counts = torch.stack([has.any() for _, has in terms]).to(means.dtype)
         return scale * (means * counts).sum() / counts.sum().clamp_min(1)
 
