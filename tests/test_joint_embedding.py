@@ -42,3 +42,19 @@ def test_pretrain_runs_dino(views, tmp_path):
     assert m['method'] == 'dino' and m['steps'] >= 1 and m['export_ok']
     assert all(torch.isfinite(torch.tensor(l['loss'])) for l in json.loads((tmp_path/'losses.json').read_text()))
     assert {'dino_out_dim', 'dino_n_local'} <= set(json.loads((tmp_path/'run.json').read_text()))
+
+@pytest.mark.parametrize('method', ['simclr', 'barlow_twins', 'vicreg', 'dino'])
+def test_methods_on_a_real_pool(method, tmp_path):
+    "Each new method pretrains on real fundus images (16 EyeDiseases4class images listed in a CSV), CPU smoke scale."
+    import os
+    from pathlib import Path
+    import pandas as pd
+    data = os.environ.get('FUNDUS_DATA')
+    if not data: pytest.skip('FUNDUS_DATA is unset')
+    images = sorted(p for c in ('cataract', 'diabetic_retinopathy', 'glaucoma', 'normal')
+                    for p in sorted((Path(data)/'EyeDiseases4class_256'/c).iterdir())[:4])
+    pd.DataFrame({'image': [str(p) for p in images]}).to_csv(tmp_path/'pool.csv', index=False)
+    m = pretrain(method=method, reader='table', root=str(tmp_path/'pool.csv'), image_size=32, batch_size=8, epochs=1,
+                 projector_dim=32, dino_out_dim=64, dino_n_local=2, out_dir=str(tmp_path/'run'))
+    assert m['method'] == method and m['steps'] >= 1 and m['export_ok']
+    assert all(torch.isfinite(torch.tensor(l['loss'])) for l in json.loads((tmp_path/'run'/'losses.json').read_text()))
