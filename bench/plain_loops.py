@@ -39,3 +39,25 @@ def swcl_plain(model, cb, aug, opt, ac, x, labels):
         loss = supcon_loss(z.view(2, len(x), -1).transpose(0, 1), mask=w, temperature=cb.temperature, base_temperature=cb.base_temperature)
     loss.backward(); opt.step(); opt.zero_grad()
     return loss.detach()
+
+
+def dino_plain(model, cb, aug, opt, ac, x):
+    """DINO: the callback's multi-crop views (built as its `views` builds them, so the first step draws the same crops),
+    teacher on the two global crops, student on every crop, `dino_loss` against the centre at epoch 0's teacher
+    temperature, the head's last layer frozen (epoch 0); then the teacher's momentum update (mid-schedule) and the centre."""
+    import torch
+    from fundus_ssl.dino import MultiCropAug, dino_aug_settings
+    from fundus_ssl.losses import dino_loss
+    size = cb.size or min(x.shape[-2:])
+    crops = MultiCropAug(dino_aug_settings(size, cb.local_size or max(1, round(size * 96 / 224)), cb.global_scale, cb.local_scale),
+                         cb.n_local, **cb.aug_overrides)(x).crops
+    with ac():
+        t = model.target_forward(*crops[:2])['z']
+        s = model(*crops)['z']
+        loss = dino_loss(list(s.float().chunk(len(crops))), list(t.float().chunk(2)), model.center, cb.student_temp, cb.warmup_teacher_temp)
+    loss.backward()
+    for p in model.projector.last_layer.parameters(): p.grad = None
+    opt.step(); opt.zero_grad()
+    model.update_target(cosine_momentum(cb.momentum, 0.5))
+    with torch.no_grad(): model.update_center(t, cb.center_momentum)
+    return loss.detach()

@@ -138,7 +138,8 @@ def methods(cfg) -> dict:
     from fundus_ssl.barlow_twins import BarlowTwins
     from fundus_ssl.vicreg import VICReg
     from fundus_ssl.losses import nt_xent, barlow_twins_loss, vicreg_loss
-    from plain_loops import moco_plain, byol_plain, swcl_plain
+    from fundus_ssl.dino import dino_model, DINO
+    from plain_loops import moco_plain, byol_plain, swcl_plain, dino_plain
     enc, wide = cfg['encoder'], dict(dim=cfg['projector'], hidden=cfg['projector'], n_layers=3)   # Barlow Twins' and VICReg's projector (papers: 8192)
     return dict(
         moco=(lambda: moco_model(enc, queue_size=cfg['queue'], dim=128, bn_splits=bn_splits(cfg['bs'])), MoCoV2, moco_plain, False),
@@ -148,6 +149,8 @@ def methods(cfg) -> dict:
                       view_pair_plain(lambda cb, a, b: barlow_twins_loss(a, b, cb.lambd, cb.loss_scale)), False),
         vicreg=(lambda: embedding_model(enc, **wide), VICReg,
                 view_pair_plain(lambda cb, a, b: vicreg_loss(a, b, cb.sim_coeff, cb.std_coeff, cb.cov_coeff).loss), False),
+        dino=(lambda: dino_model(enc, out_dim=max(64, 8 * cfg['projector'])),   # K: 65536 at the gpu config's 8192 (the paper's)
+              lambda: DINO(n_local=8 if cfg['projector'] >= 8192 else 2), dino_plain, False),   # local crops: the paper's 8 on the GPU
         swcl=(lambda: swcl_model(enc), SWCL, swcl_plain, True))
 
 
@@ -209,7 +212,7 @@ def plain_runner(model, cb, plain_step, cfg, device):
     import torch, contextlib
     from fundus_ssl.augment import TwoViewAug
     from fundus_ssl.pretrain import compile_encoders
-    aug = TwoViewAug(cb.aug_spec, size=cfg['size'])
+    aug = None if cb.aug_spec == 'dino' else TwoViewAug(cb.aug_spec, size=cfg['size'])   # DINO's plain step builds its multi-crop views
     if cfg['channels_last']: model = model.to(memory_format=torch.channels_last)
     if cfg['compile']: compile_encoders(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)

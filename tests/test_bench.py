@@ -47,7 +47,7 @@ def test_every_section_positive_and_finite(results, config):
 @pytest.mark.parametrize('config', list(SECTIONS))
 def test_ratio_per_method(results, config):
     steps, cpu = results[config]['steps'], results[config]['config']['device'] == 'cpu'
-    assert set(steps) == {'moco', 'byol', 'simclr', 'barlow_twins', 'vicreg', 'swcl'}
+    assert set(steps) == {'moco', 'byol', 'simclr', 'barlow_twins', 'vicreg', 'dino', 'swcl'}
     for m, v in steps.items():
         lo, hi = v['step_ratio_interval']
         assert 0 < lo <= hi and 0.2 < v['step_ratio_callback_vs_plain'] < 5, (m, v)
