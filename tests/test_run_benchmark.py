@@ -59,3 +59,11 @@ def test_rerun_finds_everything_done(smoke, tmp_path):
     run(smoke.parent, methods=METHODS)   # same out_dir: every pretraining and every cell is done
     assert {f: f.stat().st_mtime_ns for f in (smoke/'cells').rglob('*.csv')} == before
     assert 'done' in (smoke.parent/'run.ipynb').read_text()
+
+def test_the_newer_methods_pretrain_in_the_benchmark(tmp_path):
+    "SimCLR, Barlow Twins, VICReg and DINO are initialisations of the benchmark too: each pretrains on the pool and exports."
+    new = ['simclr', 'barlow_twins', 'vicreg', 'dino']
+    bench = run(tmp_path, methods=','.join(['random', *new]), stages='pretrain')
+    for m in new:
+        assert (bench/'pretrain'/m/'encoder.safetensors').stat().st_size > 0, m
+        assert json.loads((bench/'pretrain'/m/'metrics.json').read_text())['method'] == m
