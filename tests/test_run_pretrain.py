@@ -86,8 +86,7 @@ def test_misspelled_values_fail_before_any_work(tmp_path):
     assert not (tmp_path/'out').exists()
 
 # ---- your own data (issue 15): a plain folder of images without labels, a CSV of paths and labels; checked before any work
-import os, shutil, warnings
-import pandas as pd
+import os
 
 def test_bad_reader_kwargs_fail_before_any_work(tmp_path):
     err = experiment_error('run_pretrain', tmp_path/'out', tmp_path/'nb.ipynb',
@@ -98,25 +97,7 @@ def test_bad_reader_kwargs_fail_before_any_work(tmp_path):
 FUNDUS_DATA = os.environ.get('FUNDUS_DATA')
 needs_data = pytest.mark.skipif(not FUNDUS_DATA, reason='FUNDUS_DATA is unset (the real datasets)')
 
-def flat_folder(dest:Path, n:int=24) -> Path:
-    "`n` EyeDiseases4class images (a share of each class) copied into one folder, no labels; names made unique by their class."
-    src = Path(FUNDUS_DATA)/'EyeDiseases4class_256'
-    classes = sorted(d for d in src.iterdir() if d.is_dir())
-    dest.mkdir(parents=True)
-    for c in classes:
-        images = [f for f in sorted(c.iterdir()) if f.suffix.lower() in ('.jpg', '.jpeg', '.png')]  # diabetic_retinopathy: .jpeg
-        for f in images[:n // len(classes)]: shutil.copy(f, dest/f'{c.name}_{f.name}')
-    return dest
-
-def odir_table(path:Path, n:int=24) -> Path:
-    "A CSV of `n` ODIR images (absolute paths), half normal and half abnormal: columns image, label."
-    from fundus_ssl.datasets import read_odir
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        df = read_odir(Path(FUNDUS_DATA)/'ODIR-5K')
-    rows = df.sample(frac=1, random_state=0).groupby('label').head(n // 2)
-    rows[['image', 'label']].to_csv(path, index=False)
-    return path
+from own_data import flat_folder, odir_table
 
 def executed_text(notebook:Path) -> str:
     "Everything an executed notebook printed or displayed."
