@@ -11,9 +11,10 @@ import numpy as np
 from PIL import Image, ImageFile
 
 # %% auto #0
-__all__ = ['BIT_DEPTHS', 'REFUGE_LUT', 'MASK_ENCODINGS', 'DRISHTI_RULES', 'ImageReadError', 'read_pil', 'pil_array', 'bit_depth',
-           'to_uint8', 'to_rgb', 'read_image', 'binary_labels', 'refuge_labels', 'stored_labels', 'read_mask',
-           'read_drishti_mask', 'check_same_size', 'read_lesion_masks']
+__all__ = ['BIT_DEPTHS', 'CHANNELS', 'LUMA', 'REFUGE_LUT', 'MASK_ENCODINGS', 'DRISHTI_RULES', 'ImageReadError', 'read_pil',
+           'pil_array', 'bit_depth', 'to_uint8', 'to_rgb', 'n_channels', 'select_channels', 'select_stats',
+           'read_image', 'binary_labels', 'refuge_labels', 'stored_labels', 'read_mask', 'read_drishti_mask',
+           'check_same_size', 'read_lesion_masks']
 
 # %% ../nbs/01_io.ipynb #2ac067a1
 class ImageReadError(ValueError):
@@ -95,6 +96,38 @@ def to_rgb(a:np.ndarray,      # (H,W) gray or (H,W,C) with C in 1-4
     a = _color_planes(a)
     return np.ascontiguousarray(np.repeat(a, 3, -1) if a.shape[-1] == 1 else a)
 
+# %% ../nbs/01_io.ipynb #ca7f4ba0
+CHANNELS = {'rgb': 3, 'green': 1, 'gray': 1}  # what `read_image(..., channels=)` keeps -> how many channels
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 gray-level weights, as PIL's 'L' mode
+
+def n_channels(channels:str, # a key of `CHANNELS`
+              ) -> int:
+    "How many channels `channels` keeps; a `ValueError` naming the parameter otherwise."
+    if channels not in CHANNELS: raise ValueError(f'channels={channels!r}: expected one of {list(CHANNELS)}')
+    return CHANNELS[channels]
+
+def select_channels(img:np.ndarray,     # (H,W,3) uint8 RGB, as `read_image` gives
+                    channels:str='rgb', # 'rgb', 'green' or 'gray' (see `CHANNELS`)
+                   ) -> np.ndarray:     # (H,W,3) or (H,W,1) uint8
+    "The channels of `img` a model takes: all three, the green one, or the gray level."
+    n_channels(channels)
+    if img.ndim != 3 or img.shape[-1] != 3: raise ValueError(f'select_channels: expected an (H, W, 3) RGB image, got shape {img.shape}')
+    if channels == 'rgb': return img
+    if channels == 'green': return np.ascontiguousarray(img[..., 1:2])
+    return np.rint(img.astype(np.float32) @ np.array(LUMA, np.float32)).astype(np.uint8)[..., None]
+
+def select_stats(stats:tuple,        # (mean, std): three RGB values each, or one per kept channel
+                 channels:str='rgb', # 'rgb', 'green' or 'gray'
+                ) -> tuple[list, list]: # (mean, std) with one value per kept channel
+    "Normalisation statistics for the channels `channels` keeps: green entries for 'green', the RGB average for 'gray' (timm's rule)."
+    n = n_channels(channels)
+    mean, std = ([float(v) for v in s] for s in stats)
+    if len(mean) == len(std) == n: return mean, std
+    if not len(mean) == len(std) == 3:
+        raise ValueError(f'stats: expected (mean, std) of 3 RGB values, or {n} for channels={channels!r}; got {len(mean)} and {len(std)}')
+    return ([mean[1]], [std[1]]) if channels == 'green' else ([sum(mean) / 3], [sum(std) / 3])
+
+
 # %% ../nbs/01_io.ipynb #7eab6086
 def _source_array(src, keep_palette:bool=False) -> tuple[np.ndarray, str]:
     "Pixels of `src` (a path, a PIL image or an array) and a name for error messages."
@@ -103,10 +136,11 @@ def _source_array(src, keep_palette:bool=False) -> tuple[np.ndarray, str]:
     return pil_array(read_pil(src), keep_palette, str(src)), str(src)
 
 def read_image(src:str|Path|np.ndarray|Image.Image, # an image file, or pixels to convert
-              ) -> np.ndarray:          # (H,W,3) uint8 RGB
-    "Read `src` as uint8 RGB: 16-bit scaled by the depth its values use, gray replicated, palette expanded, alpha dropped."
+               channels:str='rgb',     # 'rgb', or one channel: 'green' or 'gray' (see `select_channels`)
+              ) -> np.ndarray:          # (H,W,3) uint8 RGB, or (H,W,1) for one channel
+    "Read `src` as uint8 RGB: 16-bit scaled by the depth its values use, gray replicated, palette expanded, alpha dropped; then the `channels` kept."
     a, name = _source_array(src)
-    return to_rgb(to_uint8(a, name), name)
+    return select_channels(to_rgb(to_uint8(a, name), name), channels)
 
 # %% ../nbs/01_io.ipynb #e6e1382c
 REFUGE_LUT = np.array([2]*64 + [1]*128 + [0]*64, np.uint8)  # stored level -> label, nearest of 0/128/255
