@@ -22,16 +22,16 @@ from fastai.data.core import DataLoaders, TfmdDL
 from fastai.data.transforms import ColReader, ColSplitter, Categorize, Category, IntToFloatTensor, Normalize
 from fastai.vision.core import PILImage, PILMask, TensorImage, TensorMask, AddMaskCodes
 import fastai.vision.data  # registers `show_batch` for image batches
-from .io import read_image, read_mask, read_drishti_mask, check_same_size
+from .io import read_image, read_mask, read_drishti_mask, check_same_size, n_channels, select_channels, select_stats
 from .preprocess import fov_mask, fov_bbox, crop_to_fov, resize_shorter
 from .models import check_positive
 
 # %% auto #0
 __all__ = ['IMAGENET_STATS', 'EYEPACS_STATS', 'MASK_COLOURS', 'TARGETS', 'MASK_CODES', 'channel_stats', 'load_image', 'load_mask',
            'FundusMask', 'CropToFOV', 'fundus_augs', 'AlbumentationsTransform', 'check_splits', 'train_valid_frame',
-           'verify_images', 'FundusImageBlock', 'FundusMaskBlock', 'fundus_dls', 'PersistentDL', 'PersistentTfmdDL',
-           'keep_workers', 'NamedCategorize', 'TensorOrdinal', 'OrdinalEncode', 'check_labels', 'classification_dls',
-           'class_weights', 'multitask_dls', 'multilabel_dls', 'segmentation_dls']
+           'verify_images', 'FundusImageBlock', 'FundusMaskBlock', 'fundus_dls', 'dls_channels', 'PersistentDL',
+           'PersistentTfmdDL', 'keep_workers', 'NamedCategorize', 'TensorOrdinal', 'OrdinalEncode', 'check_labels',
+           'classification_dls', 'class_weights', 'multitask_dls', 'multilabel_dls', 'segmentation_dls']
 
 # %% ../nbs/05_data.ipynb #b58f92ca
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # RGB mean, std (torchvision, timm)
@@ -40,14 +40,16 @@ EYEPACS_STATS = ([0.3219, 0.2259, 0.1633], [0.3038, 0.2195, 0.1756])  # RGB; SWC
 def channel_stats(srcs,                  # image paths or arrays
                   size:int|None=None,    # resize the shorter side to this first (None: native resolution)
                   fov_crop:bool=False,   # crop each image to its field of view first
-                 ) -> tuple[list, list]: # R, G, B mean and std, in [0, 1]
-    "Mean and standard deviation of the R, G, B channels over every pixel of `srcs`."
-    n, s, s2 = 0, np.zeros(3), np.zeros(3)
+                  channels:str='rgb',    # 'rgb', or the one channel kept: 'green' or 'gray' (see `read_image`)
+                 ) -> tuple[list, list]: # mean and std per channel (R, G, B, or the one kept), in [0, 1]
+    "Mean and standard deviation of each channel over every pixel of `srcs`."
+    k = n_channels(channels)
+    n, s, s2 = 0, np.zeros(k), np.zeros(k)
     for src in srcs:
         img = read_image(src)
         if fov_crop: img = crop_to_fov(img)
         if size: img = resize_shorter(img, size)
-        px = img.reshape(-1, 3) / 255.
+        px = select_channels(img, channels).reshape(-1, k) / 255.
         n, s, s2 = n + len(px), s + px.sum(0), s2 + (px**2).sum(0)
     if n == 0: raise ValueError('channel_stats: `srcs` holds no image')
     mean = s / n
@@ -110,6 +112,7 @@ def fundus_augs(size:int|None=128,      # output side; with `patch_size`, the sh
                 vflip:float=0.0,        # probability of a vertical flip
                 jitter:tuple=(0.2, 0.2, 0.1, 0.02), # `ColorJitter` brightness, contrast, saturation, hue
                 color_p:float=0.8,      # probability of the colour jitter
+                channels:str='rgb',     # what the images hold: one channel ('green', 'gray') has no saturation or hue to jitter
                ) -> A.Compose:
     "The albumentations pipeline of one split, applied alike to an image and its masks."
     if size is None and patch_size is None: raise ValueError('fundus_augs: give `size`, `patch_size` or both')
@@ -125,6 +128,7 @@ def fundus_augs(size:int|None=128,      # output side; with `patch_size`, the sh
         window = math.ceil(patch_size * math.sqrt(2) / (1 - scale))
         steps += [A.RandomCrop(window, window, pad_if_needed=True, **border), affine, A.CenterCrop(patch_size, patch_size)]
     else: steps += [affine, A.RandomCrop(size, size, pad_if_needed=True, **border)]
+    if n_channels(channels) == 1: jitter = (*jitter[:2], 0, 0)
     return A.Compose(steps + [A.HorizontalFlip(p=hflip), A.VerticalFlip(p=vflip), A.ColorJitter(*jitter, p=color_p)])
 
 # %% ../nbs/05_data.ipynb #6d839302
@@ -139,9 +143,11 @@ class AlbumentationsTransform(ItemTransform):
     "Warp an item's image and its masks alike (labels pass through): `train_aug` on the training split, `valid_aug` elsewhere."
     order = 2  # after decoding, before `ToTensor`
     def __init__(self, train_aug:A.Compose,  # random pipeline of the training split (e.g. `fundus_augs(train=True)`)
-                 valid_aug:A.Compose):       # deterministic pipeline of validation, test and inference
+                 valid_aug:A.Compose,        # deterministic pipeline of validation, test and inference
+                 channels:str='rgb'):        # the channels of the image kept before the pipeline (see `select_channels`)
         super().__init__()
-        self.train_aug, self.valid_aug = train_aug, valid_aug
+        self.train_aug, self.valid_aug, self.channels = train_aug, valid_aug, channels
+        n_channels(channels)
 
     def __call__(self, x, split_idx=None, **kwargs):
         self.aug = self.train_aug if split_idx == 0 else self.valid_aug  # fastai passes the split only here
@@ -149,12 +155,12 @@ class AlbumentationsTransform(ItemTransform):
 
     def encodes(self, x):
         items = list(x) if isinstance(x, (list, tuple)) else [x]
-        img, source = np.array(items[0]), items[0].source  # a writable copy: torch refuses read-only arrays
+        img, source = select_channels(np.array(items[0]), self.channels), items[0].source  # a writable copy: torch refuses read-only arrays
         at = [i for i, o in enumerate(items) if isinstance(o, PILMask)]
         masks = [_mask_array(items[i], img, source) for i in at]
         try: out = self.aug(image=img, masks=masks) if masks else self.aug(image=img)
         except ValueError as e: raise ValueError(f'{source}: {e}') from e
-        items[0] = TensorImage(torch.from_numpy(out['image']).permute(2, 0, 1))
+        items[0] = TensorImage(torch.from_numpy(np.atleast_3d(out['image'])).permute(2, 0, 1))  # cv2 drops a single channel
         for i, m in zip(at, out.get('masks', [])): items[i] = FundusMask(torch.from_numpy(np.asarray(m)))
         return items if isinstance(x, (list, tuple)) else items[0]
 
@@ -224,7 +230,8 @@ def fundus_dls(df:pd.DataFrame,       # a reader's DataFrame: `image`, `split`, 
                patch_size:int|None=None, # train on random patches of this side, validate on whole images
                fov_crop:bool=True,    # crop to the field of view before resizing
                augs:tuple|None=None,  # (train, valid) albumentations pipelines, replacing `fundus_augs`'
-               stats:tuple=IMAGENET_STATS, # (mean, std) RGB normalisation statistics
+               stats:tuple=IMAGENET_STATS, # (mean, std) RGB normalisation statistics (for one channel: see `select_stats`)
+               channels:str='rgb',    # 'rgb', or one channel: 'green' or 'gray' (see `read_image`)
                valid_split:str='valid', # `split` value to validate on (see `train_valid_frame`)
                valid_pct:float=0.2,   # fraction of train rows to validate on when no `valid_split` rows
                seed:int=42,           # seed of that draw
@@ -251,13 +258,19 @@ def fundus_dls(df:pd.DataFrame,       # a reader's DataFrame: `image`, `split`, 
     if n_train < bs:  # fastai drops the last partial training batch: bs > n_train would give no batch at all
         warnings.warn(f'the train split has {n_train} rows, fewer than bs={bs}: batch size lowered to {n_train}')
         bs = n_train
-    augs = augs or (fundus_augs(size, True, patch_size, fov_crop), fundus_augs(size, False, patch_size, fov_crop))
+    stats = select_stats(stats, channels)
+    augs = augs or (fundus_augs(size, True, patch_size, fov_crop, channels=channels), fundus_augs(size, False, patch_size, fov_crop))
     dblock = DataBlock(blocks=blocks, getters=getters, n_inp=n_inp, splitter=ColSplitter('is_valid'), dl_type=PersistentTfmdDL,
-                       item_tfms=AlbumentationsTransform(*augs), batch_tfms=Normalize.from_stats(*stats))
+                       item_tfms=AlbumentationsTransform(*augs, channels=channels), batch_tfms=Normalize.from_stats(*stats))
     dls = dblock.dataloaders(frame, bs=bs, val_bs=val_bs or (1 if patch_size else bs), num_workers=num_workers,
                              persistent_workers=persistent_workers and num_workers > 0, **kwargs)
-    dls.skipped = skipped
+    dls.skipped, dls.channels = skipped, channels
     return dls
+
+def dls_channels(dls:DataLoaders, # DataLoaders (`fundus_dls` and the loaders built on it record theirs)
+                ) -> str:         # 'rgb', 'green' or 'gray'
+    "The `channels` the images of `dls` keep; 'rgb' for DataLoaders made otherwise."
+    return getattr(dls, 'channels', 'rgb')
 
 # %% ../nbs/05_data.ipynb #cc9c6351
 def _as_is(b): return b
