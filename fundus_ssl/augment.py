@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 from .hostsync import host_to_device, check_values
 from .models import check_positive
+from .io import select_stats
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'EYEPACS_MEAN', 'EYEPACS_STD', 'AUG_PRESETS', 'JITTER_STEPS', 'AugSettings',
@@ -25,8 +26,8 @@ __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'EYEPACS_MEAN', 'EYEPACS_STD', 'AUG_
            'fov_fraction', 'sample_crop_boxes', 'fundus_like_batch', 'resized_crops', 'resized_crop', 'flip_where',
            'luma', 'adjust_brightness', 'adjust_contrast', 'adjust_saturation', 'rgb_to_hsv', 'hsv_to_rgb',
            'adjust_hue', 'color_jitter', 'grayscale_where', 'solarize_where', 'gaussian_blur', 'sample_geometry',
-           'sample_colour', 'TwoViews', 'normalize_views', 'denormalize_views', 'TwoViewAug', 'albumentations_colour',
-           'TwoViewItemAug', 'show_views']
+           'sample_colour', 'TwoViews', 'view_stats', 'normalize_views', 'denormalize_views', 'TwoViewAug',
+           'albumentations_colour', 'TwoViewItemAug', 'show_views']
 
 # %% ../nbs/09_augment.ipynb #c81bf38d
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -48,13 +49,13 @@ class AugSettings:
     p_flip:float=0.5                    # probability of a left-right flip (applied after the crop)
     jitter:tuple=(0.4, 0.4, 0.4, 0.1)   # brightness, contrast, saturation, hue strengths
     p_jitter:float=0.8                  # probability of the colour jitter
-    p_gray:float=0.2                    # probability of converting to grayscale (3 equal channels)
+    p_gray:float=0.2                    # probability of converting to grayscale (3 equal channels; 1-channel images: skipped)
     sigma:tuple=(0.1, 2.)               # range of the Gaussian blur sigma, output pixels
     p_blur:float=0.5                    # probability of the blur
     p_solarize:float=0.                 # probability of solarizing (x -> 1-x where x >= threshold)
     solarize_threshold:float=0.5        # solarize threshold, on the [0, 1] scale
-    mean:tuple|None=IMAGENET_MEAN       # per-channel (RGB) normalisation mean; None leaves the output in [0, 1]
-    std:tuple|None=IMAGENET_STD         # per-channel (RGB) normalisation std; None with `mean`
+    mean:tuple|None=IMAGENET_MEAN       # per-channel normalisation mean, RGB or one value for 1-channel images; None leaves the output in [0, 1]
+    std:tuple|None=IMAGENET_STD         # per-channel normalisation std, as many values as `mean`; None with `mean`
 
     def __post_init__(self):
         def check(ok, name, expected):
@@ -71,8 +72,8 @@ class AugSettings:
         check(len(self.sigma) == 2 and 0 < self.sigma[0] <= self.sigma[1], 'sigma', '(lo, hi) with 0 < lo <= hi')
         check((self.mean is None) == (self.std is None), 'mean', 'None exactly when std is None')
         if self.mean is not None:
-            check(len(self.mean) == 3, 'mean', '3 values (RGB)')
-            check(len(self.std) == 3 and min(self.std) > 0, 'std', '3 positive values (RGB)')
+            check(len(self.mean) in (1, 3), 'mean', '3 values (RGB), or 1 for 1-channel images')
+            check(len(self.std) == len(self.mean) and min(self.std) > 0, 'std', f'{len(self.mean)} positive values, as many as mean')
 
 # %% ../nbs/09_augment.ipynb #fe5a2949
 AUG_PRESETS = dict(
@@ -231,7 +232,8 @@ _LUMA = (0.2989, 0.587, 0.114)   # torchvision's gray level weights
 def _per_sample(t, x): return t.to(x).view(-1, 1, 1, 1)
 
 def luma(x:Tensor) -> Tensor:
-    "Gray level [B, 1, H, W] of RGB images [B, 3, H, W]."
+    "Gray level [B, 1, H, W] of RGB images [B, 3, H, W]; 1-channel images are their own gray level."
+    if x.shape[1] == 1: return x
     return (x * host_to_device(torch.tensor(_LUMA, dtype=x.dtype), x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 def adjust_brightness(x:Tensor, factor:Tensor) -> Tensor:
@@ -274,7 +276,7 @@ def adjust_hue(x:Tensor,   # [B, 3, H, W] RGB in [0, 1]
 
 JITTER_STEPS = ('brightness', 'contrast', 'saturation', 'hue')   # the step ids 0-3 of an order, as torchvision's
 
-def color_jitter(x:Tensor,              # [B, 3, H, W] RGB in [0, 1]
+def color_jitter(x:Tensor,              # [B, 3, H, W] RGB in [0, 1], or [B, 1, H, W] (saturation and hue skipped)
                  brightness:Tensor,     # [B] factors (1 = unchanged)
                  contrast:Tensor,       # [B] factors
                  saturation:Tensor,     # [B] factors
@@ -282,6 +284,9 @@ def color_jitter(x:Tensor,              # [B, 3, H, W] RGB in [0, 1]
                  order:Tensor|None=None # [B, 4] each image's order of the steps, a permutation of 0-3 (`JITTER_STEPS`); None: 0, 1, 2, 3
                 ) -> Tensor:
     "torchvision's `ColorJitter` with per-image factors and a per-image order of its four steps."
+    if x.ndim != 4 or x.shape[1] not in (1, 3): raise ValueError(f'color_jitter: expected images [B, 3 or 1, H, W], got {list(x.shape)}')
+    rgb = x.shape[1] == 3                                       # one channel has no saturation or hue to change
+    if not rgb: saturation = torch.ones_like(saturation)
     if order is None: order = torch.arange(4).expand(len(x), 4)
     order = host_to_device(order, x.device)
     hue_at = (order == 3).int().argmax(1)                       # position of the hue step in each image's order
@@ -291,12 +296,13 @@ def color_jitter(x:Tensor,              # [B, 3, H, W] RGB in [0, 1]
         for k, (blend, f) in enumerate(zip(blends, factors)): x = blend(x, torch.where(due & (order[:, slot] == k), f, 1.))
         return x
     for slot in range(3): x = blend_slot(x, slot, slot < hue_at)
-    x = adjust_hue(x, hue)
+    if rgb: x = adjust_hue(x, hue)
     for slot in range(1, 4): x = blend_slot(x, slot, slot > hue_at)
     return x
 
 def grayscale_where(x:Tensor, gray:Tensor) -> Tensor:
-    "Replace the images whose flag gray [B] is set by their gray level on all three channels."
+    "Replace the images whose flag gray [B] is set by their gray level on all three channels (1-channel images: unchanged)."
+    if x.shape[1] == 1: return x
     return torch.where(gray.view(-1, 1, 1, 1), luma(x).expand_as(x), x)
 
 def solarize_where(x:Tensor, solarize:Tensor, threshold:float=0.5) -> Tensor:
@@ -344,7 +350,7 @@ def sample_colour(n:int,                 # number of images
 # %% ../nbs/09_augment.ipynb #55a8b1e2
 class TwoViews(NamedTuple):
     "Two augmented views of the same images and their geometry (batched, or one image without the batch dimension)."
-    view1:Tensor  # [B, 3, S, S] float32
+    view1:Tensor  # [B, C, S, S] float32 (C = 3, or 1 for 1-channel images)
     view2:Tensor
     box1:Tensor   # [B, 4] float32 crop box (x0, y0, x1, y1) of view1, input pixel coordinates
     box2:Tensor
@@ -364,17 +370,27 @@ def _checked_fov(fov, shape):
     if tuple(fov.shape) != tuple(shape): raise ValueError(f'fov: expected a mask of shape {list(shape)}, got {list(fov.shape)}')
     return fov
 
-def _channels(values, x): return host_to_device(torch.tensor(values, dtype=x.dtype), x.device).view(1, 3, 1, 1)
+def view_stats(s:AugSettings, # the view's settings
+               n:int,         # channels of the images: 3, or 1
+              ) -> tuple:     # (mean, std), n values each
+    "The settings' normalisation for `n`-channel images: RGB statistics become their average for 1 channel (`select_stats`, timm's rule)."
+    if len(s.mean) == n: return tuple(s.mean), tuple(s.std)
+    if n == 1: return tuple(tuple(v) for v in select_stats((s.mean, s.std), 'gray'))
+    raise ValueError(f'AugSettings.mean={s.mean}: {len(s.mean)} value(s) for {n}-channel images; give {n}')
+
+def _channels(values, x): return host_to_device(torch.tensor(values, dtype=x.dtype), x.device).view(1, -1, 1, 1)
 
 def normalize_views(x:Tensor, s:AugSettings) -> Tensor:
     "Normalise images in [0, 1] with the settings' mean and std (unchanged when they are None)."
     if s.mean is None: return x
-    return (x - _channels(s.mean, x)) / _channels(s.std, x)
+    mean, std = view_stats(s, x.shape[1])
+    return (x - _channels(mean, x)) / _channels(std, x)
 
 def denormalize_views(x:Tensor, s:AugSettings) -> Tensor:
     "Undo `normalize_views`: images back in [0, 1] (for display)."
     if s.mean is None: return x
-    return x * _channels(s.std, x) + _channels(s.mean, x)
+    mean, std = view_stats(s, x.shape[1])
+    return x * _channels(std, x) + _channels(mean, x)
 
 # %% ../nbs/09_augment.ipynb #c3b93908
 class TwoViewAug(nn.Module):
@@ -396,10 +412,10 @@ class TwoViewAug(nn.Module):
         v = solarize_where(gaussian_blur(v, p['sigma'], int(3.5 * s.sigma[1])), p['solarize'], s.solarize_threshold)
         return normalize_views(v, s), boxes, flipped
 
-    def forward(self, x:Tensor,              # [B, 3, H, W] uint8, or float in [0, 1]
+    def forward(self, x:Tensor,              # [B, 3, H, W] RGB or [B, 1, H, W] one channel; uint8, or float in [0, 1]
                 fov:Tensor|None=None,        # [B, H, W] bool field-of-view masks; None: threshold the images
                ) -> TwoViews:
-        if x.ndim != 4 or x.shape[1] != 3: raise ValueError(f'images: expected [B, 3, H, W], got {list(x.shape)}')
+        if x.ndim != 4 or x.shape[1] not in (1, 3): raise ValueError(f'images: expected [B, 3, H, W] or [B, 1, H, W], got {list(x.shape)}')
         with torch.autocast(x.device.type, enabled=False):
             x = images_as_float(x)
             fov = threshold_fov(x, self.fov_threshold) if fov is None else host_to_device(_checked_fov(fov, (len(x), *x.shape[2:])), x.device)
@@ -407,12 +423,14 @@ class TwoViewAug(nn.Module):
         return TwoViews(v1, v2, b1, b2, f1, f2)
 
 # %% ../nbs/09_augment.ipynb #7066493a
-def albumentations_colour(s:AugSettings) -> A.Compose:
+def albumentations_colour(s:AugSettings, # the view's settings
+                          n:int=3,       # channels of the images: 3, or 1 (no saturation, hue or grayscale steps)
+                         ) -> A.Compose:
     "The albumentations pipeline of the colour operations of `s`, uint8 image in, normalised float32 out."
-    b, c, sat, hue = s.jitter
-    mean, std = (s.mean, s.std) if s.mean is not None else ((0., 0., 0.), (1., 1., 1.))
-    return A.Compose([A.ColorJitter(brightness=b, contrast=c, saturation=sat, hue=hue, p=s.p_jitter),
-                      A.ToGray(num_output_channels=3, p=s.p_gray),
+    b, c, sat, hue = s.jitter if n == 3 else (*s.jitter[:2], 0, 0)
+    mean, std = view_stats(s, n) if s.mean is not None else ((0.,) * n, (1.,) * n)
+    gray = [A.ToGray(num_output_channels=3, p=s.p_gray)] if n == 3 else []
+    return A.Compose([A.ColorJitter(brightness=b, contrast=c, saturation=sat, hue=hue, p=s.p_jitter), *gray,
                       A.GaussianBlur(blur_limit=0, sigma_limit=s.sigma, p=s.p_blur),
                       A.Solarize(threshold_range=(s.solarize_threshold,) * 2, p=s.p_solarize),
                       A.Normalize(mean=mean, std=std, max_pixel_value=255.)],
@@ -425,33 +443,46 @@ class TwoViewItemAug:
                  seed:int|None=None,        # seed of this transform's own generator; None (in DataLoaders): torch's global one
                  **overrides):              # `AugSettings` fields applied to both views, e.g. size=128
         self.settings, self.fov_threshold = _view_settings(settings, overrides), fov_threshold
-        self.colour = [albumentations_colour(s) for s in self.settings]
+        self.colour = [albumentations_colour(s) for s in self.settings]   # RGB; `pipelines(1)` for one channel
+        self._colour1 = None
         self.generator = _generator(seed)
         self.applied = [[], []]  # names of the colour transforms applied to each view by the last call
 
+    def pipelines(self, n:int) -> list[A.Compose]:
+        "The colour pipelines of the two views for `n`-channel images (the 1-channel ones made at the first such image)."
+        if n == 3: return self.colour
+        if self._colour1 is None: self._colour1 = [albumentations_colour(s, 1) for s in self.settings]
+        return self._colour1
+
     def view(self, img:np.ndarray, fov:Tensor, s:AugSettings, colour:A.Compose) -> tuple[Tensor, Tensor, Tensor, list]:
-        "One view of the image: ([3, S, S] float32, box [4], flipped, applied colour transforms)."
+        "One view of the image: ([C, S, S] float32, box [4], flipped, applied colour transforms)."
         boxes, flipped = sample_geometry(fov, s, self.generator)
         v = resized_crop(img, boxes[0], s.size)
         if flipped[0]: v = v[:, ::-1]
         seed = int(torch.randint(2**31, (1,), generator=self.generator))
         colour.set_random_state(np.random.default_rng(seed), random.Random(seed))
         out = colour(image=np.ascontiguousarray(v))
-        return torch.from_numpy(out['image']).permute(2, 0, 1).float(), boxes[0], flipped[0], list(out['applied_transforms'])
+        v = np.atleast_3d(out['image'])   # cv2 drops a single channel
+        return torch.from_numpy(v).permute(2, 0, 1).float(), boxes[0], flipped[0], list(out['applied_transforms'])
 
-    def __call__(self, img:np.ndarray,        # (H, W, 3) uint8 RGB image
+    def __call__(self, img:np.ndarray,        # (H, W, 3) uint8 RGB image, or (H, W, 1) one channel
                  fov:np.ndarray|None=None,    # (H, W) bool field-of-view mask; None: threshold the image
                 ) -> TwoViews:
-        if not (isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8):
-            raise ValueError(f'image: expected an (H, W, 3) uint8 array, got {getattr(img, "dtype", type(img))} {getattr(img, "shape", "")}')
+        if not (isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] in (1, 3) and img.dtype == np.uint8):
+            raise ValueError(f'image: expected an (H, W, 3) or (H, W, 1) uint8 array, got {getattr(img, "dtype", type(img))} {getattr(img, "shape", "")}')
         x = torch.from_numpy(img).permute(2, 0, 1)[None]
         fov = threshold_fov(x, self.fov_threshold) if fov is None else _checked_fov(np.asarray(fov), img.shape[:2])[None]
-        (v1, b1, f1, a1), (v2, b2, f2, a2) = (self.view(img, fov, s, c) for s, c in zip(self.settings, self.colour))
+        (v1, b1, f1, a1), (v2, b2, f2, a2) = (self.view(img, fov, s, c) for s, c in zip(self.settings, self.pipelines(img.shape[2])))
         self.applied = [[t[0] for t in a1 if t[0] != 'Normalize'], [t[0] for t in a2 if t[0] != 'Normalize']]
         return TwoViews(v1, v2, b1, b2, f1, f2)
 
 # %% ../nbs/09_augment.ipynb #6e6ea4e5
-def show_views(images,            # [B, 3, H, W] uint8 tensor, or a list of (H, W, 3) uint8 arrays
+def _imshow(ax, a:np.ndarray):
+    "Show an (H, W, 3) image, or an (H, W, 1) one in gray."
+    if a.shape[-1] == 1: ax.imshow(a[..., 0], cmap='gray', vmin=0, vmax=1 if a.dtype.kind == 'f' else 255)
+    else: ax.imshow(a)
+
+def show_views(images,            # [B, C, H, W] uint8 tensor, or a list of (H, W, C) uint8 arrays (C = 3, or 1)
                aug,               # a `TwoViewAug` or a `TwoViewItemAug`
                n:int=4,           # number of images shown
                title:str|None=None, # figure title
@@ -464,12 +495,12 @@ def show_views(images,            # [B, 3, H, W] uint8 tensor, or a list of (H, 
     views = [denormalize_views(v.float().cpu(), s).clamp(0, 1) for v, s in zip(tv[:2], aug.settings)]
     fig, axs = plt.subplots(len(images), 3, figsize=(6, 2 * len(images)), squeeze=False)
     for i, im in enumerate(images):
-        axs[i, 0].imshow(im)
+        _imshow(axs[i, 0], im)
         for k, (box, flip, style) in enumerate([(tv.box1[i], tv.flip1[i], ('cyan', '-')), (tv.box2[i], tv.flip2[i], ('yellow', '--'))]):
             x0, y0, x1, y1 = box.tolist()
             axs[i, 0].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color=style[0], ls=style[1], lw=1.5))
             axs[i, 0].text(x0 + 1, y0 + 1, f'{k + 1}{"F" if flip else ""}', color=style[0], va='top', fontsize=8)
-            axs[i, k + 1].imshow(views[k][i].permute(1, 2, 0).numpy())
+            _imshow(axs[i, k + 1], views[k][i].permute(1, 2, 0).numpy())
             axs[i, k + 1].set_title(f'view {k + 1}{" (flipped)" if flip else ""}', fontsize=8)
     for ax in axs.flat: ax.axis('off')
     if title: fig.suptitle(title)
