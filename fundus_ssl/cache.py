@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pandas as pd
 from fastprogress.fastprogress import progress_bar
-from .io import read_image, read_mask
+from .io import read_image, read_mask, n_channels, select_channels
 from .preprocess import fov_mask, crop_to_fov, resize_shorter
 
 # %% auto #0
@@ -29,12 +29,15 @@ def cache_settings(size:int=512,        # shorter side of the copies, pixels (im
                    format:str='jpg',    # 'jpg' or 'png'
                    quality:int=95,      # JPEG quality, 1-100 (PNG: ignored, lossless)
                    fov_crop:bool=True,  # crop each image to the bounding box of its field of view first
+                   channels:str='rgb',  # what a copy keeps: 'rgb', or one channel, 'green' or 'gray' (see `read_image`)
                   ) -> dict:            # the settings, as stored in `cache.json`
     "The checked settings of a pre-resized cache."
     if not (isinstance(size, int) and size > 0): raise ValueError(f'size={size!r}: expected a positive int (pixels)')
     if format not in CACHE_FORMATS: raise ValueError(f'format={format!r}: expected one of {CACHE_FORMATS}')
     if not (isinstance(quality, int) and 1 <= quality <= 100): raise ValueError(f'quality={quality!r}: expected an int in 1-100')
-    return dict(size=size, format=format, quality=quality if format == 'jpg' else None, fov_crop=bool(fov_crop), version=CACHE_VERSION)
+    n_channels(channels)
+    return dict(size=size, format=format, quality=quality if format == 'jpg' else None, fov_crop=bool(fov_crop),
+                channels=channels, version=CACHE_VERSION)
 
 # %% ../nbs/05a_cache.ipynb #0d01e2c3
 def check_cache_settings(cache_dir:Path,  # the cache folder (created if missing)
@@ -47,7 +50,7 @@ def check_cache_settings(cache_dir:Path,  # the cache folder (created if missing
         (cache_dir/'images').mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings, indent=1))
         return
-    built = json.loads(path.read_text())
+    built = {'channels': 'rgb', **json.loads(path.read_text())}  # caches from before `channels` hold RGB copies
     diff = [f'{k}: built with {built.get(k)!r}, asked {v!r}' for k, v in settings.items() if built.get(k) != v]
     if diff: raise CacheSettingsError(f'the cache {cache_dir} was built with other settings ({"; ".join(diff)}): '
                                       'use another folder, or delete this one to rebuild it')
@@ -63,7 +66,7 @@ def cached_name(source:str|Path, # the original image
 
 def _encode(img:np.ndarray, settings:dict) -> bytes:
     ext, params = ('.jpg', [cv2.IMWRITE_JPEG_QUALITY, settings['quality']]) if settings['format'] == 'jpg' else ('.png', [cv2.IMWRITE_PNG_COMPRESSION, 3])
-    ok, buf = cv2.imencode(ext, np.ascontiguousarray(img[..., ::-1]), params)   # cv2 writes BGR
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(img[..., ::-1]), params)   # cv2 writes BGR (one channel: gray)
     if not ok: raise ValueError(f'OpenCV could not encode a {img.shape} image as {ext}')
     return buf.tobytes()
 
@@ -79,6 +82,7 @@ def cache_image(source:str|Path,         # the original image (anything `read_im
         try: img = crop_to_fov(img, mask=mask)
         except ValueError as e: raise ValueError(f'{source}: cannot crop to the field of view ({e}); use fov_crop=False for such images') from e
     if min(img.shape[:2]) > settings['size']: img = resize_shorter(img, settings['size'])
+    img = select_channels(img, settings['channels'])  # after the FOV crop and resize, which work on RGB
     dest = Path(dest)
     part = dest.with_name(dest.name + '.part')
     part.write_bytes(_encode(img, settings))
@@ -145,12 +149,13 @@ def build_cache(df:pd.DataFrame,     # a reader's DataFrame (`fundus_ssl.dataset
                 format:str='jpg',    # 'jpg' or 'png'
                 quality:int=95,      # JPEG quality
                 fov_crop:bool=True,  # crop to the field of view
+                channels:str='rgb',  # 'rgb', or the one channel the copies keep: 'green' or 'gray'
                 n_workers:int=0,     # processes decoding in parallel; 0: this process
                 progress:bool=True,  # show a fastprogress bar
                ) -> pd.DataFrame:    # `df` with `image` pointing at the copies (other columns kept); attrs['cache'] = summary
     "Cache FOV-cropped, resized copies of the images of `df` (idempotent, resumable) and return `df` pointing at them."
     cache_dir = Path(cache_dir).absolute()
-    settings = cache_settings(size, format, quality, fov_crop)
+    settings = cache_settings(size, format, quality, fov_crop, channels)
     sources = _sources(df)
     check_cache_settings(cache_dir, settings)
     manifest = read_manifest(cache_dir)
