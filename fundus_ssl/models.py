@@ -22,7 +22,8 @@ from timm.models._input import get_model_args
 __all__ = ['WEIGHT_FILES', 'WRAPPER_KEYS', 'SAFE_GLOBALS', 'WEIGHTS_ENV', 'COMMON_PREFIXES', 'SOURCE_CFG_KEYS', 'check_positive',
            'check_model_name', 'CheckpointError', 'weights_file', 'weights_format', 'read_state_dict',
            'imagenet_weight_paths', 'imagenet_weights', 'WeightsReport', 'strip_prefixes', 'PartialLoadWarning',
-           'load_encoder_weights', 'Encoder', 'create_encoder', 'export_encoder', 'encoder_stages', 'mlp_head']
+           'load_encoder_weights', 'input_channels', 'Encoder', 'create_encoder', 'export_encoder', 'encoder_stages',
+           'mlp_head']
 
 # %% ../nbs/06_models.ipynb #f6c20e8e
 def check_positive(name:str,           # the parameter's name, as the caller wrote it (e.g. 'bs')
@@ -369,6 +370,13 @@ def load_encoder_weights(model:nn.Module, # the target: a timm model, an `Encode
     return report
 
 # %% ../nbs/06_models.ipynb #91427a15
+def input_channels(model:nn.Module, # a timm model, an `Encoder`, or any module with a convolution
+                  ) -> int:
+    "The input channels of `model`: those of its first `nn.Conv2d`."
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None: raise ValueError(f'{type(model).__name__} has no Conv2d: its input channels are unknown')
+    return conv.in_channels
+
 class Encoder(nn.Module):
     "A headless timm model: pooled features, the map they are pooled from, and every stage's feature map."
     def __init__(self, model:nn.Module): # a timm model created with `num_classes=0`
@@ -385,6 +393,8 @@ class Encoder(nn.Module):
     def channels(self) -> list[int]: return [f['num_chs'] for f in self.model.feature_info]
     @property
     def reductions(self) -> list[int]: return [f['reduction'] for f in self.model.feature_info]
+    @property
+    def in_chans(self) -> int: return input_channels(self.model)
 
     def forward(self, x:Tensor) -> Tensor: return self.model(x)
     def forward_features(self, x:Tensor) -> Tensor: return self.model.forward_features(x)
@@ -538,7 +548,7 @@ def _stage_modules(model:nn.Module) -> OrderedDict:
 def _runs_as_stages(model:nn.Module, stages:nn.Sequential) -> bool:
     "Whether `stages` reproduces `model`'s last stage map (in eval mode, on a small input)."
     modes = {m: m.training for m in model.modules()}
-    in_chans = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+    in_chans = input_channels(model)
     size = model.pretrained_cfg.get('input_size', (3, 64, 64))[-2:] if model.pretrained_cfg.get('fixed_input_size') else (64, 64)
     x = torch.randn(1, in_chans, *size)
     try:
