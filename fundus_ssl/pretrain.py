@@ -28,11 +28,12 @@ from .augment import AugSettings, TwoViewAug, TwoViews, show_views
 from .distributed import is_distributed, batch_shuffle_ddp, batch_unshuffle_ddp
 
 # %% auto #0
-__all__ = ['DECORRELATIONS', 'DECORRELATION_SITES', 'TORCH_OPTS', 'SSLLossMissing', 'unlabeled_dls', 'unit_images',
-           'cosine_momentum', 'frozen_copy', 'momentum_update', 'bn_shuffle', 'bn_unshuffle', 'as_encoder',
-           'whitening_layer', 'decorrelate', 'EmbeddingNet', 'MomentumModel', 'autocast_on_model_device',
+__all__ = ['DECORRELATIONS', 'DECORRELATION_SITES', 'TORCH_OPTS', 'HISTORY_FILE', 'SSLLossMissing', 'unlabeled_dls',
+           'unit_images', 'cosine_momentum', 'frozen_copy', 'momentum_update', 'bn_shuffle', 'bn_unshuffle',
+           'as_encoder', 'whitening_layer', 'decorrelate', 'EmbeddingNet', 'MomentumModel', 'autocast_on_model_device',
            'view_geometry', 'bare_model', 'SSLCallback', 'ssl_learner', 'split_kwargs', 'DeviceSmoothLoss',
-           'AsyncToDevice', 'torch_opt_func', 'compile_encoders', 'uncompile_encoders', 'FastPath', 'fast_path']
+           'AsyncToDevice', 'torch_opt_func', 'compile_encoders', 'uncompile_encoders', 'FastPath', 'fast_path',
+           'append_history', 'keep_history', 'log_epochs', 'read_history', 'HistoryLog', 'run_loggers', 'plot_history']
 
 # %% ../nbs/11_pretrain.ipynb #f1f94a3c
 class SSLLossMissing:
@@ -438,3 +439,148 @@ def fast_path(learn:Learner,              # an SSL learner (or any fastai Learne
             dl.device = None                 # the loader's own copy is a blocking one
     learn.remove_cbs(learn.cbs.filter(lambda c: isinstance(c, FastPath)))
     return learn.add_cb(FastPath(channels_last, compile, sync_free, compile_kwargs))
+
+# %% ../nbs/11_pretrain.ipynb #a592ca03
+import csv, os, re, time
+from pathlib import Path
+from typing import Callable
+import numpy as np
+from .distributed import rank, world_size
+from .runs import is_loggers
+
+HISTORY_FILE = 'history.csv'
+_FIRST, _LAST = ('epoch', 'stage', 'train_loss', 'valid_loss'), ('lr', 'images_per_s', 'seconds')
+
+def _cell(v) -> str:
+    "A CSV cell: '' for None or NaN, repr for floats (read back exactly), str otherwise."
+    if v is None: return ''
+    if isinstance(v, (Tensor, np.generic)): v = v.item()
+    if isinstance(v, float): return '' if math.isnan(v) else repr(v)
+    return str(v)
+
+def _read_rows(path:Path) -> tuple[list, list]:
+    "Header and rows (dicts of strings) of a history file; ([], []) if there is none."
+    if not path.exists(): return [], []
+    with open(path, newline='') as f:
+        r = csv.DictReader(f)
+        return list(r.fieldnames or []), list(r)
+
+def _header(*names) -> list:
+    "The history's columns: epoch, stage, the losses, the metrics in the order first seen, then lr, images/s and seconds."
+    seen = dict.fromkeys(n for ns in names for n in ns)
+    return [*_FIRST, *(n for n in seen if n not in _FIRST + _LAST), *_LAST]
+
+def _rewrite(path:Path, header:list, rows:list):
+    tmp = path.with_name(path.name + '.tmp')
+    with open(tmp, 'w', newline='') as f:
+        w = csv.DictWriter(f, header, restval=''); w.writeheader(); w.writerows(rows)
+    os.replace(tmp, path)
+
+def append_history(path:str|Path, # the CSV file (created if missing)
+                   rows:list[dict], # one dict per epoch: 'epoch', 'stage' and any of the losses, metrics, lr, images_per_s, seconds
+                  ):
+    "Append epochs to a history file; the header grows (the file is rewritten, its values unchanged) only for a column it lacks."
+    path = Path(path)
+    header, old = _read_rows(path)
+    new = [{k: _cell(v) for k, v in r.items()} for r in rows]
+    if not new: return
+    if old and set().union(*new) <= set(header):   # the usual case: lines added at the end, nothing before them touched
+        with open(path, 'a', newline='') as f: csv.DictWriter(f, header, restval='').writerows(new)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _rewrite(path, _header(header, *new), old + new)
+
+def keep_history(path:str|Path, # the CSV file
+                 stage:str,     # the stage whose later epochs go
+                 upto:int=0,    # keep its epochs 1..upto (a resumed run's checkpointed ones); 0: none
+                ) -> int:       # the rows dropped
+    "Drop a stage's rows after epoch `upto` (left by an interrupted run, or a stage that starts again); other rows stay as they were."
+    path = Path(path)
+    header, rows = _read_rows(path)
+    keep = [r for r in rows if r['stage'] != stage or int(r['epoch']) <= upto]
+    if len(keep) < len(rows): _rewrite(path, header, keep)
+    return len(rows) - len(keep)
+
+def log_epochs(path:str|Path,  # the CSV file
+               stage:str,      # the stage's name
+               rows:list[dict], # one dict per epoch with 'epoch' (1, 2, ...) and its values, e.g. `linear_probe`'s `history`
+              ):
+    "Write a training loop's epochs outside fastai (e.g. `linear_probe`) as a stage of the history, replacing the stage's rows."
+    keep_history(path, stage)
+    append_history(path, [dict(stage=stage, **r) for r in rows])
+
+def read_history(path:str|Path) -> pd.DataFrame: # columns epoch, stage, train_loss, valid_loss, metrics..., lr, images_per_s, seconds
+    "A history file as a DataFrame (numbers as floats, empty cells as NaN)."
+    path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f'read_history: {path} does not exist (a run writes {HISTORY_FILE} in its out_dir)')
+    return pd.read_csv(path, dtype={'stage': str})
+
+class HistoryLog(Callback):
+    "One CSV row per trained epoch: epoch, stage, mean training loss, validation loss and metrics, learning rate, images/s, seconds; a resumed run appends."
+    order = 89   # after Recorder (50), which holds the epoch's validation values; before SaveState (90): the row is on disk before its checkpoint
+    def __init__(self, path:str|Path,      # the CSV file, e.g. out_dir/'history.csv'
+                 stage:str='train',         # this callback's stage; epochs continue over its fits (fastai's `fine_tune` is two)
+                 clock:Callable=time.perf_counter, # seconds (injectable, for tests)
+                ):
+        self.path, self.stage, self.clock, self.done, self.rows = Path(path), stage, clock, None, []
+    def before_fit(self): self.fit_base, self.fit_start = self.done or 0, None
+    def before_epoch(self):
+        if self.fit_start is None:   # SaveState's before_fit (later in order) has set where a resumed run starts
+            self.fit_start = getattr(getattr(self.learn, 'save_state', None), 'start', 0)
+            if rank() == 0 and self.path.exists(): keep_history(self.path, self.stage, self.fit_base + self.fit_start)
+        self.t_epoch, self.images, self.t_train, self.loss_sum, self.n_batches, self.lr = self.clock(), 0, 0., 0., 0, None
+    def before_train(self): self._t = self.clock()
+    def after_train(self): self.t_train += self.clock() - self._t
+    def after_batch(self):
+        if not self.training: return
+        self.loss_sum, self.n_batches = self.learn.loss.detach() + self.loss_sum, self.n_batches + 1   # summed on the device: no wait per step
+        self.images += len(self.xb[0]) * world_size()
+        self.lr = self.opt.hypers[-1]['lr']
+    def after_epoch(self):
+        if not self.n_batches: return   # an epoch a resumed run skipped
+        rec = getattr(self.learn, 'recorder', None)
+        values = dict(zip(rec.metric_names[1:], self.learn.final_record)) if rec is not None and hasattr(self.learn, 'final_record') else {}
+        values = {k: float(v) if isinstance(v, (int, float, Tensor, np.number)) else None for k, v in values.items() if k != 'train_loss'}
+        row = dict(epoch=self.fit_base + self.epoch + 1, stage=self.stage, train_loss=float(self.loss_sum) / self.n_batches, **values,
+                   lr=self.lr, images_per_s=self.images / self.t_train if self.t_train > 0 else None, seconds=self.clock() - self.t_epoch)
+        self.rows.append(row); self.done = row['epoch']
+        if rank() == 0: append_history(self.path, [row])
+
+def run_loggers(out_dir:str|Path,  # the run's folder: history.csv, and tensorboard/<stage> for TensorBoard
+                loggers:list=(),    # names from `LOGGERS`
+                stage:str='train',  # the training stage these callbacks record
+                **kwargs,           # `HistoryLog` arguments (`clock`)
+               ) -> list:           # callbacks for `fit` (`cbs=`)
+    "The callbacks that log a stage of a run: always a `HistoryLog` to out_dir/history.csv, and fastai's `TensorBoardCallback` if asked."
+    if (expected := is_loggers(loggers)) is not None: raise ValueError(f'loggers={loggers!r}: expected {expected}')
+    out = Path(out_dir)
+    cbs = [HistoryLog(out/HISTORY_FILE, stage, **kwargs)]
+    if 'tensorboard' in loggers:
+        from fastai.callback.tensorboard import TensorBoardCallback
+        cbs.append(TensorBoardCallback(out/'tensorboard'/re.sub(r'[^\w.=-]+', '_', stage), trace_model=False, log_preds=False))
+    return cbs
+
+def plot_history(history:str|Path|pd.DataFrame, # a history file or `read_history`'s DataFrame
+                 metrics:list|None=None,         # the metric columns to show; None: all
+                 stages:list|None=None,          # the stages to show; None: all
+                ) -> plt.Figure:
+    "Losses, metrics and learning rate against epochs, one colour per stage."
+    df = read_history(history) if not isinstance(history, pd.DataFrame) else history
+    if stages is not None: df = df[df['stage'].isin(stages)]
+    mets = [c for c in df.columns if c not in _FIRST + _LAST and df[c].notna().any()] if metrics is None else list(metrics)
+    fig, axs = plt.subplots(1, 2 + bool(mets), figsize=(3.6 * (2 + bool(mets)), 2.8), squeeze=False)
+    ax_loss, ax_met, ax_lr = axs[0, 0], axs[0, 1] if mets else None, axs[0, -1]
+    for i, (stage, d) in enumerate(df.groupby('stage', sort=False)):
+        c = f'C{i % 10}'
+        ax_loss.plot(d['epoch'], d['train_loss'], 'o-', c=c, ms=3, label=f'{stage} train')
+        if d['valid_loss'].notna().any(): ax_loss.plot(d['epoch'], d['valid_loss'], 's--', c=c, ms=3, label=f'{stage} valid')
+        for j, m in enumerate(mets):
+            if m in d and d[m].notna().any(): ax_met.plot(d['epoch'], d[m], ('o-', 's--', '^:')[j % 3], c=c, ms=3, label=f'{stage} {m}')
+        if d['lr'].notna().any(): ax_lr.plot(d['epoch'], d['lr'], 'o-', c=c, ms=3, label=stage)
+    ax_loss.set(xlabel='epoch', ylabel='loss', title='loss'); ax_lr.set(xlabel='epoch', ylabel='learning rate (end of epoch)', title='learning rate')
+    if ax_met is not None: ax_met.set(xlabel='epoch', title='validation metrics')
+    for ax in axs.flat:
+        if ax.has_data(): ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+

@@ -11,11 +11,11 @@ from typing import Any, Callable
 from . import __version__
 
 # %% auto #0
-__all__ = ['PAPERMILL_MARK', 'PAPERMILL_NAMES', 'Check', 'RUN_FILE', 'FREE', 'ParameterError', 'assigned_names',
+__all__ = ['PAPERMILL_MARK', 'PAPERMILL_NAMES', 'Check', 'RUN_FILE', 'FREE', 'LOGGERS', 'ParameterError', 'assigned_names',
            'parameter_cells', 'notebook_parameters', 'one_of', 'is_int', 'is_number', 'is_bool', 'is_text', 'optional',
            'either', 'list_of', 'dict_of', 'is_timm_model', 'is_reader', 'is_label_scheme', 'is_dir', 'is_file',
            'is_path', 'is_aug_overrides', 'require_imagenet', 'check_parameters', 'require', 'OutDirError',
-           'settings_differences', 'prepare_out_dir', 'json_number']
+           'settings_differences', 'prepare_out_dir', 'json_number', 'is_loggers']
 
 # %% ../nbs/24_runs.ipynb #c009
 class ParameterError(ValueError):
@@ -303,3 +303,17 @@ def prepare_out_dir(out_dir:str|Path,     # where the run writes
 def json_number(v) -> float|None:
     "`v` as a float for JSON, None when it is undefined (None, NaN or infinite)."
     return None if v is None or not math.isfinite(float(v)) else float(v)
+
+# %% ../nbs/24_runs.ipynb #dafbc6e6
+import importlib.util
+
+LOGGERS = ('tensorboard',)  # what a run can log besides its history.csv, which it always writes
+
+def is_loggers(v) -> str|None:
+    "A list of names from `LOGGERS` (empty: the history file alone); 'tensorboard' only with the tensorboard package installed."
+    if not isinstance(v, (list, tuple)) or not all(isinstance(n, str) for n in v): return f'a list of names from {list(LOGGERS)}'
+    if bad := [n for n in v if n not in LOGGERS]: return f'names from {list(LOGGERS)}, not {bad[0]!r}' + _did_you_mean(bad[0], LOGGERS)
+    if 'tensorboard' in v and importlib.util.find_spec('tensorboard') is None:
+        return "'tensorboard' with the tensorboard package installed (pip install tensorboard)"
+    return None
+
