@@ -11,6 +11,8 @@ from torch import nn, Tensor
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from .models import Encoder, mlp_head
+from .io import n_channels
+from .data import dls_channels
 from .losses import moco_infonce, local_infonce, corresponding_regions, region_boxes, nonempty_boxes
 from .augment import AugSettings, TwoViewAug, TwoViews
 from .distributed import concat_all_gather, world_size
@@ -155,8 +157,14 @@ class MoCoV2(SSLCallback):
 def moco_learner(dls:DataLoaders,               # images (e.g. `unlabeled_dls`; labels are ignored)
                  encoder:str|Encoder='resnet18', # a timm name or an `Encoder`
                  cbs=None,                       # other callbacks
+                 in_chans:int|None=None,         # input channels of the encoder; None: those of the images of `dls` (`dls_channels`)
                  **kwargs,                       # for `moco_model`, `MoCoV2` (and `AugSettings`) or `Learner`, by name
                 ) -> Learner:
     "A fastai `Learner` pretraining `encoder` with MoCo v2 on the images of `dls`."
     model_kw, cb_kw, learn_kw = split_kwargs(kwargs, moco_model, MoCoV2)
+    n = in_chans or n_channels(dls_channels(dls))
+    if isinstance(encoder, str): model_kw['in_chans'] = n   # a timm argument, for `create_encoder`
+    elif isinstance(encoder, Encoder) and encoder.in_chans != n:
+        raise ValueError(f'encoder takes {encoder.in_chans} input channels but the images have {n} '
+                         f'(channels={dls_channels(dls)!r}): create it with in_chans={n}')
     return ssl_learner(dls, moco_model(encoder, **model_kw), MoCoV2(**cb_kw), cbs, **learn_kw)
