@@ -24,7 +24,8 @@ from .checkpoint import SaveState
 from .distributed import DDPTrainer, init_distributed, is_distributed, rank, world_size
 from .models import export_encoder
 from .moco import moco_learner
-from .pretrain import SSLCallback, unlabeled_dls
+from .pretrain import SSLCallback, unlabeled_dls, run_loggers, read_history
+from .runs import is_loggers
 from .swcl import scheme_attributes, swcl_dls, swcl_learner
 from .losses import MULTILABEL_MODES
 from .synthetic import write_eyepacs_like
@@ -74,6 +75,7 @@ PRETRAIN_PARAMETERS = dict(   # name: (default, help)
     aug_overrides=(_AUG_DEFAULT, "AugSettings fields over the method's views, as JSON ('{}': the method's recipe)"),
     precision=('fp32', "'fp32', 'bf16' or 'fp16' (fp16: GPU only)"),
     num_workers=(0, 'loader processes per training process'),
+    loggers=([], "besides out_dir/history.csv (one row per epoch): 'tensorboard' adds TensorBoard event files in out_dir/tensorboard (pip install tensorboard)"),
     out_dir=('runs/pretrain', 'where everything is written (shared storage for several nodes)'),
     resume=(False, 'continue from the checkpoints in out_dir/checkpoints'),
     seed=(42, 'data, split, initial weights, views'),
@@ -115,6 +117,7 @@ def check_pretrain_params(params:dict, # parameters of `pretrain` (unknown names
                           ('decorrelation', ('iternorm', 'zca')), ('decorrelation_at', ('projector', 'last_norm')),
                           ('views', ('method', 'fixed')), ('multilabel', (None, *MULTILABEL_MODES))]:
         _expect(p[name] in allowed, name, p[name], f'one of {allowed}')
+    _expect(is_loggers(p['loggers']) is None, 'loggers', p['loggers'], is_loggers(p['loggers']))
     _expect(isinstance(p['aug_overrides'], dict), 'aug_overrides', p['aug_overrides'], 'a dict of AugSettings fields')
     _expect(p['batch_size'] % world == 0, 'batch_size', p['batch_size'], f'a multiple of the {world} processes')
     if p['method'].startswith('mocov2'):
@@ -243,7 +246,7 @@ def pretrain_learner(p:dict, out:Path):
     return learn
 
 # %% ../nbs/40_cli.ipynb #f6b79352
-_NOT_COMPARED = ('resume', 'stop_after', 'num_workers', 'out_dir')   # may change between a run and its resumption
+_NOT_COMPARED = ('resume', 'stop_after', 'num_workers', 'out_dir', 'loggers')   # may change between a run and its resumption
 _METHOD_ONLY = dict(simclr_temperature=('simclr',), barlow_lambda=('barlow_twins',), projector_dim=('barlow_twins', 'vicreg'),
                     dino_out_dim=('dino',), dino_teacher_temp=('dino',), dino_momentum=('dino',), dino_n_local=('dino',))  # compared for these methods only
 
@@ -286,7 +289,7 @@ def pretrain(**params) -> dict:
     random.seed(p['seed']); np.random.seed(p['seed']); torch.manual_seed(p['seed'])   # the same initial weights in every process
     learn = pretrain_learner(p, out)
     log, speed, t0 = LossLog(out/'losses.json'), Throughput(), time.time()
-    cbs = [DDPTrainer(sync_bn=p['sync_bn']), SaveState(out/'checkpoints', resume=p['resume'], config=_settings(p)), log, speed, _StopAfter(p['stop_after'])]
+    cbs = [DDPTrainer(sync_bn=p['sync_bn']), SaveState(out/'checkpoints', resume=p['resume'], config=_settings(p)), log, speed, *run_loggers(out, p['loggers'], 'pretrain'), _StopAfter(p['stop_after'])]
     with learn.no_bar() if rank() > 0 and hasattr(learn, 'no_bar') else contextlib.nullcontext(): _fit(learn, p, cbs)
     metrics = dict(method=p['method'], encoder=p['encoder'], world_size=world_size(), ranks_in_step=ranks_in_step(learn.model), steps=len(log.losses),
                    loss_first=log.losses[0]['loss'] if log.losses else None, loss_last=log.losses[-1]['loss'] if log.losses else None,
@@ -315,6 +318,7 @@ def pretrain_parser() -> argparse.ArgumentParser:
         flag = '--' + name.replace('_', '-')
         if isinstance(default, bool): ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
         elif isinstance(default, dict): ap.add_argument(flag, type=json.loads, default=default, help=help)
+        elif isinstance(default, list): ap.add_argument(flag, nargs='*', default=default, help=help)   # --loggers tensorboard
         elif default is None: ap.add_argument(flag, type=_none_or(_CASTS[name]), default=None, help=help)
         else: ap.add_argument(flag, type=type(default), default=default, help=help)
     return ap

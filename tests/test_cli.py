@@ -54,6 +54,11 @@ def test_moco_two_processes_train_as_one(synthetic, tmp_path):
     one, two = launch(tmp_path/'one', args), launch(tmp_path/'two', args, nproc=2)
     assert (one['world_size'], two['world_size']) == (1, 2) and two['ranks_in_step']
     assert_same_run(tmp_path/'one', tmp_path/'two')
+    h1, h2 = pd.read_csv(tmp_path/'one'/'history.csv'), pd.read_csv(tmp_path/'two'/'history.csv')
+    assert h1['epoch'].tolist() == h2['epoch'].tolist() == [1, 2] and set(h2['stage']) == {'pretrain'}   # rank 0 alone writes
+    assert list(h2.columns) == ['epoch', 'stage', 'train_loss', 'valid_loss', 'lr', 'images_per_s', 'seconds']
+    torch.testing.assert_close(torch.tensor(h1['train_loss'].values), torch.tensor(h2['train_loss'].values), rtol=1e-5, atol=1e-5)
+    assert (h2['images_per_s'] > 0).all() and h2['valid_loss'].notna().all()
     q1, q2 = final_state(tmp_path/'one')['queue'], final_state(tmp_path/'two')['queue']
     torch.testing.assert_close(q1, q2, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(q1, torch.nn.functional.normalize(q1.new_zeros(q1.shape) + 1, dim=0))   # filled with keys
@@ -61,6 +66,13 @@ def test_moco_two_processes_train_as_one(synthetic, tmp_path):
     enc = timm.create_model('test_resnet', pretrained=True, num_classes=0,
                             pretrained_cfg_overlay=dict(file=str(tmp_path/'two'/'encoder.safetensors')))
     assert enc.eval()(torch.rand(2, 3, 32, 32)).shape == (2, enc.num_features)
+
+def test_tensorboard_logger(tmp_path):
+    "`--loggers tensorboard` writes TensorBoard event files beside history.csv (skipped where tensorboard is not installed)."
+    pytest.importorskip('tensorboard')
+    launch(tmp_path/'tb', [*TINY, '--epochs', '1', '--loggers', 'tensorboard'])
+    assert len(list((tmp_path/'tb'/'tensorboard'/'pretrain').glob('events.out.tfevents.*'))) == 1
+    assert len(pd.read_csv(tmp_path/'tb'/'history.csv')) == 1
 
 def test_random_views_keep_every_process_in_step(tmp_path):
     """BYOL (random views, BatchNorm in its heads) in 2 processes: all end with rank 0's weights (MoCo v2 with random
