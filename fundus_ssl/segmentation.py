@@ -21,9 +21,10 @@ from fastai.torch_core import get_model, params
 from fastai.vision.learner import get_c  # also registers show_results for images and masks
 from fastai.vision.models.unet import DynamicUnet
 import fastai.callback.schedule  # adds fit_one_cycle to Learner
-from .io import MASK_ENCODINGS, check_same_size, read_image, read_mask
+from .io import MASK_ENCODINGS, check_same_size, n_channels, read_image, read_mask, select_channels
+from functools import partial
 from .preprocess import fit_circle, fov_bbox, fov_mask, green_clahe
-from .data import IMAGENET_STATS, AlbumentationsTransform, CropToFOV, _decode_mask
+from .data import IMAGENET_STATS, AlbumentationsTransform, CropToFOV, _decode_mask, dls_channels
 from .models import (CheckpointError, Encoder, check_model_name, check_positive, create_encoder,
                                encoder_stages, imagenet_weights, load_encoder_weights, weights_file, weights_format)
 from .metrics import DiceMetric, dice_score, vessel_metrics, disc_cup_metrics
@@ -63,11 +64,11 @@ def _is_weight_file(src) -> bool:
 
 def unet_encoder(encoder:str|Path|Encoder='resnet18', # timm name, an `Encoder`, or an exported encoder file
                  weights:str|Path|None=None, # None (random, or the Encoder's own), 'imagenet', or a weight file/folder
-                 in_chans:int=3,             # input channels (for a name or a file)
+                 in_chans:int|None=None,     # input channels (for a name or a file); None: a file's, else 3
                  verbose:bool=True,          # print the report of the weights loaded
                 ) -> Encoder:                # with `load_report` (None without weights)
     "The encoder of a U-Net with its weights, loaded strictly, the report printed."
-    check_positive('in_chans', in_chans)
+    if in_chans is not None: check_positive('in_chans', in_chans)
     if isinstance(encoder, Encoder):
         if weights is not None:
             path = imagenet_weights(encoder.name) if weights == 'imagenet' else weights_file(weights)
@@ -98,7 +99,8 @@ def green_clahe_rgb(img, # fundus image (anything `read_image` reads)
     "`green_clahe` replicated on three channels: a vessel-contrast input for RGB encoders."
     return np.repeat(green_clahe(img, **kwargs)[..., None], 3, axis=2)
 
-PREPROCESSINGS = {'none': None, 'green_clahe_rgb': green_clahe_rgb}  # the input preprocessings a model records, by name
+PREPROCESSINGS = {'none': None, 'green_clahe_rgb': green_clahe_rgb,  # the input preprocessings a model records, by name
+                  **{c: partial(select_channels, channels=c) for c in ('green', 'gray')}}  # one channel (`channels` of the DataLoaders)
 CONFIG_BUFFERS = ('cfg_mean', 'cfg_std', 'cfg_preprocess', 'cfg_fov_diameter')
 _NAME_BYTES = 64
 
@@ -186,7 +188,7 @@ def unet_model(encoder:str|Path|Encoder='resnet18', # timm name, `Encoder` or ex
                n_classes:int=2,            # classes, background included: 2 gives one logit channel
                weights:str|Path|None=None, # None, 'imagenet' or a weight file (see `unet_encoder`)
                depth:int|None=None,        # encoder feature levels kept (see `encoder_body`); None: all
-               in_chans:int=3,             # input channels
+               in_chans:int|None=None,     # input channels; None: an exported file's, else 3
                img_size:tuple=(64, 64),    # the size DynamicUnet traces its shapes with (any input size works later)
                verbose:bool=True,          # print the weights' load report
                stats:tuple|None=None,      # input normalisation (mean, std) to record; default ImageNet's for weights='imagenet'
@@ -197,7 +199,7 @@ def unet_model(encoder:str|Path|Encoder='resnet18', # timm name, `Encoder` or ex
     "fastai's `DynamicUnet` on a timm encoder: random, ImageNet or SSL weights, one logit channel when binary."
     if n_classes < 2: raise ValueError(f'n_classes={n_classes}: count the background too (2 for a binary mask)')
     enc = unet_encoder(encoder, weights, in_chans, verbose)
-    model = FundusUnet(encoder_body(enc, depth), 1 if n_classes == 2 else n_classes, img_size, in_chans=in_chans, **kwargs)
+    model = FundusUnet(encoder_body(enc, depth), 1 if n_classes == 2 else n_classes, img_size, in_chans=enc.in_chans, **kwargs)
     if stats is None and isinstance(weights, str) and weights == 'imagenet': stats = IMAGENET_STATS
     set_segmentation_config(model, stats, preprocess, fov_diameter)
     model.load_report = enc.load_report
@@ -331,9 +333,14 @@ def segmentation_learner(dls,                        # segmentation DataLoaders 
                          **kwargs):                  # `Learner` arguments (`opt_func`, `cbs`, `path`...)
     "A fastai `Learner` for segmentation transfer: U-Net on a timm encoder, Dice + XE loss, Dice metrics."
     n_classes = n_classes or get_c(dls)
-    codes = getattr(dls.train.after_item, 'codes', None)
+    codes, channels = getattr(dls.train.after_item, 'codes', None), dls_channels(dls)
     if fov_diameter is None: fov_diameter = training_fov_diameter(dls)
-    conventions = dict(stats=_dls_stats(dls), preprocess=preprocess, fov_diameter=fov_diameter or None)
+    if channels != 'rgb':  # the channel kept is the model's preprocessing: prediction reads RGB and keeps it too
+        if preprocess not in (None, channels, PREPROCESSINGS[channels]):
+            raise ValueError(f'preprocess={preprocess!r}: these DataLoaders keep channels={channels!r}, which the model records as its '
+                             "preprocessing; for both, register one function doing both (PREPROCESSINGS['mine'] = f) and read RGB")
+        preprocess = channels
+    conventions = dict(stats=_dls_stats(dls), preprocess=preprocess, fov_diameter=fov_diameter or None, in_chans=n_channels(channels))
     model = unet_model(encoder, n_classes, weights, depth, verbose=verbose, **{**conventions, **(unet_kwargs or {})})
     learn = Learner(dls, model, loss_func=loss_func or segmentation_loss(n_classes),
                     metrics=dice_metrics(n_classes, codes) if metrics is None else metrics,
