@@ -1,6 +1,7 @@
 "nbs/run_pretrain.ipynb runs end to end under papermill with tiny settings, writes its outputs, and resumes from its checkpoints."
 import json, math
 from pathlib import Path
+import pandas as pd
 import pytest
 import torch
 
@@ -22,11 +23,12 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp('pretrain')
     first = run(out, stop_after=1)
     saved_after_first = list(checkpoints(out/'checkpoints'))
+    history_after_first = (out/'history.csv').read_text()
     second = run(out, resume=True)
-    return out, first, second, saved_after_first
+    return out, first, second, saved_after_first, history_after_first
 
 def test_metrics(runs):
-    out, first, _, _ = runs
+    out, first, *_ = runs
     assert first['method'] == 'mocov2' and first['epochs'] == 2 and first['epochs_done'] == 1 and first['epochs_trained_now'] == 1
     for k in ('loss_first', 'loss_last', 'valid_loss_first', 'valid_loss_last'):
         assert math.isfinite(first[k]) and first[k] > 0, (k, first[k])
@@ -41,7 +43,7 @@ def test_metrics(runs):
         assert (out/f).stat().st_size > 0, f
 
 def test_resume_continues(runs):
-    out, first, second, saved_after_first = runs
+    out, first, second, saved_after_first, _ = runs
     assert saved_after_first == [1]
     assert list(checkpoints(out/'checkpoints')) == [1, 2]
     assert second['epochs_done'] == 2 and second['epochs_trained_now'] == 1
@@ -49,8 +51,20 @@ def test_resume_continues(runs):
     assert second['history'][0] == first['history'][0]  # the first epoch is the checkpointed one, not trained again
     assert second['knn_random'] == first['knn_random']  # the same random encoder to compare with
 
+def test_history_csv_continues(runs):
+    "history.csv: one row per epoch; the resumed run keeps the first epoch's row as it was and appends the second."
+    out, first, second, _, history_after_first = runs
+    text = (out/'history.csv').read_text()
+    assert text.startswith(history_after_first) and len(history_after_first.splitlines()) == 2   # header and epoch 1
+    h = pd.read_csv(out/'history.csv')
+    assert list(h.columns) == ['epoch', 'stage', 'train_loss', 'valid_loss', 'lr', 'images_per_s', 'seconds']
+    assert h['epoch'].tolist() == [1, 2] and set(h['stage']) == {'pretrain'}
+    assert h['train_loss'].tolist() == pytest.approx([e['loss'] for e in second['history']], rel=1e-6)
+    assert h['valid_loss'].tolist() == pytest.approx([e['valid_loss'] for e in second['history']], rel=1e-6)
+    assert (h['images_per_s'] > 0).all() and (h['seconds'] > 0).all() and (h['lr'] > 0).all()
+
 def test_exported_encoder_is_the_trained_one(runs):
-    out, _, second, _ = runs
+    out, _, second, *_ = runs
     enc = create_encoder('test_resnet', pretrained=second['encoder_file'])
     model = read_checkpoint(next(reversed(checkpoints(out/'checkpoints').values())))['model']
     sd = enc.model.state_dict()
