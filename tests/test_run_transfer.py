@@ -50,6 +50,21 @@ def test_tables(run):
 # ---- runs that fail before any work, and an out_dir that is never written over unasked (fundus_ssl.runs)
 from experiments import experiment_error, snapshot
 
+def test_history_csv(run):
+    "history.csv: one row per epoch of every training, each run of the sweeps a stage of its own."
+    out, m = run
+    h = pd.read_csv(out/'history.csv')
+    assert list(h.columns[:4]) == ['epoch', 'stage', 'train_loss', 'valid_loss'] and list(h.columns[-3:]) == ['lr', 'images_per_s', 'seconds']
+    n = pd.read_csv(out/'efficiency_runs.csv').groupby('fraction').n_labels.first().tolist()
+    expected = {'pretrain moco': 1, 'linear random': 10, 'fine_tune random': 2, 'linear moco': 10, 'fine_tune moco': 2,   # head 1 + all 1
+                **{f'efficiency fine_tune {e} n_labels={k} seed=0': 2 for k in n for e in ('random', 'moco')},
+                'hierarchical pretrain N=1': 1, **{f'hierarchical fine_tune N={k} n_labels=24 seed=0': 2 for k in (0, 1)}}
+    assert h.groupby('stage', sort=False)['epoch'].apply(list).to_dict() == {s: list(range(1, k + 1)) for s, k in expected.items()}
+    fitted = h[~h.stage.str.startswith('linear')]
+    assert fitted[['train_loss', 'valid_loss', 'lr', 'images_per_s', 'seconds']].notna().all().all()
+    assert h.loc[h.stage.str.startswith(('linear', 'fine_tune', 'efficiency', 'hierarchical fine_tune')), 'auc'].between(0, 1).all()
+
+
 def test_same_settings_are_refused_without_overwrite(run, tmp_path):
     out, _ = run
     before = snapshot(out)
