@@ -20,6 +20,15 @@ def test_outputs_written(run):
               'attributions.png', 'encoders/mocov2.safetensors']:
         assert (run/f).is_file() and (run/f).stat().st_size > 0, f
 
+def test_history_csv(run):
+    "history.csv: one row per epoch of the in-notebook pretraining (1 epoch) and of each fine-tuning (2 epochs)."
+    import pandas as pd
+    h = pd.read_csv(run/'history.csv')
+    assert list(h.columns) == ['epoch', 'stage', 'train_loss', 'valid_loss', 'accuracy', 'lr', 'images_per_s', 'seconds']
+    assert h.groupby('stage', sort=False)['epoch'].apply(list).to_dict() == {
+        'fine_tune random': [1, 2], 'pretrain mocov2': [1], 'fine_tune mocov2': [1, 2]}
+    assert h.drop(columns='accuracy').notna().all().all() and h.loc[h.stage.str.startswith('fine_tune'), 'accuracy'].between(0, 1).all()
+
 def test_robustness_tables(run):
     curves = pd.read_csv(run/'robustness.csv')
     assert len(curves) == 2 * 2 * 3  # models x kinds x (clean + 2 severities)
