@@ -443,7 +443,7 @@ def plot_cell_bars(summary:pd.DataFrame, # from `summarise_cells`
             ax.bar(np.arange(len(fracs)) + (k - (len(methods) - 1) / 2) * w, r['mean'], w, yerr=err, capsize=2, label=m)
         ax.set_xticks(range(len(fracs)), [_frac_label(f) for f in fracs])
         ax.set_title(task, fontsize=10); ax.set_xlabel('training labels'); ax.set_ylabel(metric)
-    axs[0].figure.legend(*axs[0].get_legend_handles_labels(), loc='outside lower center', ncols=min(len(methods), 6), fontsize=8)
+    axs[0].figure.legend(*axs[0].get_legend_handles_labels(), loc='outside lower center', ncols=min(len(methods), 6), fontsize=9)
     return fig
 
 # %% ../nbs/33_benchmark.ipynb #1b102be4
@@ -464,5 +464,5 @@ def plot_fraction_curves(summary:pd.DataFrame, # from `summarise_cells`
             ax.fill_between(r.fraction, r.lo, r.hi, color=line.get_color(), alpha=0.15)
         ax.set_xscale('log'); ax.set_xticks(sorted(r.fraction), [_frac_label(f) for f in sorted(r.fraction)])
         ax.set_title(task, fontsize=10); ax.set_xlabel('training labels'); ax.set_ylabel(metric)
-    axs[0].figure.legend(*axs[0].get_legend_handles_labels(), loc='outside lower center', ncols=min(len(methods), 6), fontsize=8)
+    axs[0].figure.legend(*axs[0].get_legend_handles_labels(), loc='outside lower center', ncols=min(len(methods), 6), fontsize=9)
     return fig

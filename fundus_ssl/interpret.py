@@ -123,9 +123,9 @@ def show_attributions(image:np.ndarray, # (H, W, 3) uint8 RGB
                      ):
     "The image and one overlay per attribution map, lesions outlined."
     if axs is None: axs = plt.subplots(1, len(maps) + 1, figsize=(size * (len(maps) + 1), size))[1]
-    axs[0].imshow(image); axs[0].set_title('image', fontsize=8)
+    axs[0].imshow(image); axs[0].set_title('image', fontsize=9)
     for ax, (name, heat) in zip(axs[1:], maps.items()):
-        ax.imshow(overlay(image, heat, alpha)); ax.set_title(name, fontsize=8)
+        ax.imshow(overlay(image, heat, alpha)); ax.set_title(name, fontsize=9)
     any_lesion = sum((m > 0) for m in lesions.values()) if lesions else None
     for ax in axs:
         if any_lesion is not None and any_lesion.any(): ax.contour(any_lesion > 0, levels=[0.5], colors='w', linewidths=0.5)

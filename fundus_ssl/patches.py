@@ -304,11 +304,11 @@ def show_patch_scores(df:pd.DataFrame,          # rows of images (`image`, `eye`
             colour = 'red' if scores[i, k] >= threshold else 'white'
             axs[i, 0].add_patch(Rectangle((l - .5, t - .5), patch_size, patch_size, fill=False, ec=colour, lw=1, ls='--' if pos == 'c' else '-'))
             axs[i, 0].text(l + patch_size / 2 if pos == 'c' else l + 2, t + patch_size / 2 if pos == 'c' else t + 2,
-                           f'{pos} {scores[i, k]:.2f}', color=colour, fontsize=7, va='top', ha='center' if pos == 'c' else 'left')
+                           f'{pos} {scores[i, k]:.2f}', color=colour, fontsize=9, va='top', ha='center' if pos == 'c' else 'left')
         zeroed = ' (forced 0)' if zero[i].all() else ''
-        axs[i, 0].set_title(f'{eye} eye{" (mirrored)" if eye == "right" else ""}, {label}{zeroed}', fontsize=8)
+        axs[i, 0].set_title(f'{eye} eye{" (mirrored)" if eye == "right" else ""}, {label}{zeroed}', fontsize=9)
         axs[i, 1].imshow(aligned(torch.from_numpy(amap[i]), eye), vmin=0, vmax=1, cmap='magma')
-        axs[i, 1].set_title('abnormality map x FOV', fontsize=8)
+        axs[i, 1].set_title('abnormality map x FOV', fontsize=9)
     for ax in axs.flat: ax.axis('off')
     fig.tight_layout()
     return fig

@@ -320,9 +320,9 @@ class S4LCallback(Callback):
         views = views.view(self.n_views, -1, *views.shape[1:])
         fig, axs = plt.subplots(len(views[0]), self.n_views + 1, figsize=(1.6 * (self.n_views + 1), 1.6 * len(views[0])), squeeze=False)
         for i in range(len(views[0])):
-            axs[i, 0].imshow(x[i].permute(1, 2, 0).cpu()); axs[i, 0].set_title('image', fontsize=8)
+            axs[i, 0].imshow(x[i].permute(1, 2, 0).cpu()); axs[i, 0].set_title('image', fontsize=9)
             for v in range(self.n_views):
-                axs[i, v + 1].imshow(views[v, i].permute(1, 2, 0).clamp(0, 1).cpu()); axs[i, v + 1].set_title(f'view {v + 1}', fontsize=8)
+                axs[i, v + 1].imshow(views[v, i].permute(1, 2, 0).clamp(0, 1).cpu()); axs[i, v + 1].set_title(f'view {v + 1}', fontsize=9)
         for ax in axs.flat: ax.axis('off')
         fig.tight_layout()
         return fig

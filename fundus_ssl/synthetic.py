@@ -476,7 +476,7 @@ def show_fundus(examples:list, # examples from `make_fundus`
         l = ex['labels']
         top = axs[r * (2 if masks else 1), c]
         top.imshow(ex['image'])
-        top.set_title(f"{l['eye']} DR{l['dr_grade']} DME{l['dme_risk']} cdr {l['cdr']:.2f}" + (' AMD' if l['amd'] else ''), fontsize=8)
+        top.set_title(f"{l['eye']} DR{l['dr_grade']} DME{l['dme_risk']} cdr {l['cdr']:.2f}" + (' AMD' if l['amd'] else ''), fontsize=9)
         if masks: axs[2 * r + 1, c].imshow(mask_overlay(ex))
     fig.tight_layout()
     return fig
