@@ -50,6 +50,19 @@ def test_training_log_names_its_columns(run):
     assert 'train_loss' in printed and "'00:" not in printed  # named columns, no bare lists like [0, 1.01, 0.61, 0.83, '01:49']
     assert 'downstream 4/4 swcl: done' in printed  # progress of the long stage
 
+def test_history_csv(run):
+    "history.csv: one row per epoch of every stage (smoke: 1 epoch each; fine-tuning 1 of the head + 1; the probe epochs_probe=5 passes)."
+    import pandas as pd
+    h = pd.read_csv(run/'history.csv')
+    assert list(h.columns[:4]) == ['epoch', 'stage', 'train_loss', 'valid_loss'] and list(h.columns[-3:]) == ['lr', 'images_per_s', 'seconds']
+    inits = ('random', 'moco', 'supervised', 'swcl')
+    expected = dict(pseudo_labeler=1, swcl=1, moco=1, supervised=1, **{f'linear_probe {i}': TINY['epochs_probe'] for i in inits},
+                    **{f'fine_tune {i}': 2 for i in inits}, **{f'segmentation {i}': 1 for i in inits})
+    assert h.groupby('stage', sort=False)['epoch'].apply(list).to_dict() == {s: list(range(1, n + 1)) for s, n in expected.items()}
+    fastai_fits = h[~h.stage.str.startswith('linear_probe')]
+    assert fastai_fits[['train_loss', 'lr', 'images_per_s', 'seconds']].notna().all().all()
+    assert h.loc[h.stage.str.startswith('linear_probe'), 'auc'].between(0, 1).all()
+
 def test_outputs_written(run):
     for f in ('swcl_encoder.safetensors', 'moco_encoder.safetensors', 'supervised_encoder.safetensors', 'pseudo_labels.csv',
               'patches/patches.csv', 'data.png', 'cams.png', 'positives.png', 'losses.png', 'comparison.png', 'logs.csv'):
@@ -92,13 +105,19 @@ def test_existing_run_is_not_written_over(run, tmp_path):
     assert snapshot(run) == before
 
 def test_finished_run_resumed(run, tmp_path):
+    import pandas as pd
     "The same settings with resume=True continue the run: recorded in run.json, SWCL's losses those of its checkpoint, strict JSON."
     # last in this file: it rewrites the run's results (in place: a copied folder's patch paths would point to the original)
     before = json.loads((run/'metrics.json').read_text())
+    history_before = pd.read_csv(run/'history.csv')
     run_experiment('run_swcl', run, tmp_path/'resumed.ipynb', **TINY, resume=True)
     m = json.loads((run/'metrics.json').read_text(), parse_constant=lambda c: pytest.fail(f'metrics.json holds {c}'))
     assert len(json.loads((run/'run.json').read_text())['resumed']) == 1
     assert m['pretraining'] == before['pretraining'] and m['pretraining']['swcl']['steps'] > 0  # not NaN over 0 steps
+    # history.csv: SWCL's and MoCo's checkpointed epochs kept as they were, the retrained stages replaced: one row per epoch still
+    h = pd.read_csv(run/'history.csv')
+    assert sorted(zip(h.stage, h.epoch)) == sorted(zip(history_before.stage, history_before.epoch))
+    for s in ('swcl', 'moco'): pd.testing.assert_frame_equal(h[h.stage == s].reset_index(drop=True), history_before[history_before.stage == s].reset_index(drop=True))
 
 # ---- your own data (issue 15): the pool a plain folder of images without labels, the labeled set a CSV of paths and labels
 import os
