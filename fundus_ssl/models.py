@@ -17,13 +17,14 @@ from fastcore.foundation import L
 from timm.models import adapt_input_conv, get_pretrained_cfg
 from timm.models._hub import save_config_for_hf  # timm 1.0.31 (pinned): its hub config writer
 from timm.models._input import get_model_args
+from .io import n_channels
 
 # %% auto #0
 __all__ = ['WEIGHT_FILES', 'WRAPPER_KEYS', 'SAFE_GLOBALS', 'WEIGHTS_ENV', 'COMMON_PREFIXES', 'SOURCE_CFG_KEYS', 'check_positive',
            'check_model_name', 'CheckpointError', 'weights_file', 'weights_format', 'read_state_dict',
            'imagenet_weight_paths', 'imagenet_weights', 'WeightsReport', 'strip_prefixes', 'PartialLoadWarning',
-           'load_encoder_weights', 'input_channels', 'Encoder', 'create_encoder', 'export_encoder', 'encoder_stages',
-           'mlp_head']
+           'load_encoder_weights', 'input_channels', 'Encoder', 'create_encoder', 'in_chans_args', 'export_encoder',
+           'encoder_stages', 'mlp_head']
 
 # %% ../nbs/06_models.ipynb #f6c20e8e
 def check_positive(name:str,           # the parameter's name, as the caller wrote it (e.g. 'bs')
@@ -452,6 +453,20 @@ def create_encoder(name:str|None=None, # any timm model name, e.g. 'resnet50', '
         path = imagenet_weights(name) if pretrained == 'imagenet' else weights_file(pretrained)
         encoder.load_report = load_encoder_weights(encoder.model, path, module='', strict=True)
     return encoder
+
+# %% ../nbs/06_models.ipynb #55070bde
+def in_chans_args(encoder:str|Encoder,    # a timm name, or an `Encoder`
+                  channels:str='rgb',     # the channels the images keep: 'rgb', 'green' or 'gray' (`fundus_ssl.data.dls_channels`)
+                  in_chans:int|None=None, # input channels asked for; None: those of `channels`
+                 ) -> dict:               # {'in_chans': n} for a name; {} for an `Encoder` that takes n
+    "The timm arguments that give `encoder` the images' input channels; a `ValueError` for an `Encoder` built for others."
+    n = n_channels(channels) if in_chans is None else in_chans
+    check_positive('in_chans', n)
+    if not isinstance(encoder, Encoder): return {'in_chans': n}
+    if encoder.in_chans != n:
+        why = f'in_chans={n} was asked' if in_chans is not None else f'the images have {n} (channels={channels!r})'
+        raise ValueError(f'encoder takes {encoder.in_chans} input channels but {why}: create it with in_chans={n}')
+    return {}
 
 # %% ../nbs/06_models.ipynb #35aae1df
 def _arch_name(src) -> str|None:
