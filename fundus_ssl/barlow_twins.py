@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
-from .models import Encoder
+from .models import Encoder, in_chans_args
+from .data import dls_channels
 from .losses import barlow_twins_loss
 from .augment import aug_settings
 from .pretrain import ssl_learner, split_kwargs
@@ -38,9 +39,11 @@ class BarlowTwins(TwoViewLoss):
 def barlow_twins_learner(dls:DataLoaders,               # images (e.g. `unlabeled_dls`; labels are ignored)
                          encoder:str|Encoder='resnet18', # a timm name or an `Encoder`
                          cbs=None,                       # other callbacks
+                         in_chans:int|None=None,         # input channels of the encoder; None: those of the images of `dls` (`dls_channels`)
                          **kwargs,                       # for `embedding_model` (default: 8192-d, 3 layers), `BarlowTwins` (and `AugSettings`) or `Learner`, by name
                         ) -> Learner:
     "A fastai `Learner` pretraining `encoder` with Barlow Twins on the images of `dls`."
     model_kw, cb_kw, learn_kw = split_kwargs(kwargs, embedding_model, BarlowTwins)
+    model_kw |= in_chans_args(encoder, dls_channels(dls), in_chans)
     model_kw = BARLOW_TWINS_PROJECTOR | {'hidden': model_kw.get('dim', BARLOW_TWINS_PROJECTOR['dim'])} | model_kw
     return ssl_learner(dls, embedding_model(encoder, **model_kw), BarlowTwins(**cb_kw), cbs, **learn_kw)

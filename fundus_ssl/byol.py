@@ -8,7 +8,8 @@ import torch
 from torch import nn, Tensor
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
-from .models import Encoder, mlp_head
+from .models import Encoder, mlp_head, in_chans_args
+from .data import dls_channels
 from .losses import byol_loss
 from .augment import TwoViews
 from .pretrain import MomentumModel, SSLCallback, as_encoder, ssl_learner, split_kwargs
@@ -72,8 +73,10 @@ class BYOL(SSLCallback):
 def byol_learner(dls:DataLoaders,               # images (e.g. `unlabeled_dls`; labels are ignored)
                  encoder:str|Encoder='resnet18', # a timm name or an `Encoder`
                  cbs=None,                       # other callbacks
+                 in_chans:int|None=None,         # input channels of the encoder; None: those of the images of `dls` (`dls_channels`)
                  **kwargs,                       # for `byol_model`, `BYOL` (and `AugSettings`) or `Learner`, by name
                 ) -> Learner:
     "A fastai `Learner` pretraining `encoder` with BYOL on the images of `dls`."
     model_kw, cb_kw, learn_kw = split_kwargs(kwargs, byol_model, BYOL)
+    model_kw |= in_chans_args(encoder, dls_channels(dls), in_chans)
     return ssl_learner(dls, byol_model(encoder, **model_kw), BYOL(**cb_kw), cbs, **learn_kw)

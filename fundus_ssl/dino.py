@@ -15,10 +15,11 @@ from matplotlib.patches import Rectangle
 from timm.layers import DropPath
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
-from .models import Encoder, check_positive
+from .models import Encoder, check_positive, in_chans_args
+from .data import dls_channels
 from .losses import dino_loss
 from .hostsync import host_to_device
-from .augment import AugSettings, TwoViewAug, aug_settings, images_as_float, threshold_fov, denormalize_views, _checked_fov
+from .augment import AugSettings, TwoViewAug, aug_settings, images_as_float, threshold_fov, denormalize_views, _checked_fov, _imshow
 from .distributed import is_distributed
 from .pretrain import MomentumModel, SSLCallback, as_encoder, ssl_learner, split_kwargs, unit_images
 
@@ -45,7 +46,7 @@ def dino_aug_settings(size:int=224,                  # side of the global crops
 
 class MultiCrops(NamedTuple):
     "The crops of a batch in DINO's order (global 1, global 2, local ones), with each crop's box and flip."
-    crops:list  # [B, 3, S, S] float32 tensors, one per crop
+    crops:list  # [B, C, S, S] float32 tensors, one per crop (C: the images' channels)
     boxes:list  # [B, 4] float32 crop boxes (x0, y0, x1, y1), input pixel coordinates
     flips:list  # [B] bool: the crop was mirrored left-right
 
@@ -67,10 +68,10 @@ class MultiCropAug(TwoViewAug):
         "The settings of each crop, in order."
         return [*self.settings, *[self.local_settings] * self.n_local]
 
-    def forward(self, x:Tensor,              # [B, 3, H, W] uint8, or float in [0, 1]
+    def forward(self, x:Tensor,              # [B, 3, H, W] RGB or [B, 1, H, W] one channel; uint8, or float in [0, 1]
                 fov:Tensor|None=None,        # [B, H, W] bool field-of-view masks; None: threshold the images
                ) -> MultiCrops:
-        if x.ndim != 4 or x.shape[1] != 3: raise ValueError(f'images: expected [B, 3, H, W], got {list(x.shape)}')
+        if x.ndim != 4 or x.shape[1] not in (1, 3): raise ValueError(f'images: expected [B, 3, H, W] or [B, 1, H, W], got {list(x.shape)}')
         with torch.autocast(x.device.type, enabled=False):
             x = images_as_float(x)
             fov = threshold_fov(x, self.fov_threshold) if fov is None else host_to_device(_checked_fov(fov, (len(x), *x.shape[2:])), x.device)
@@ -78,7 +79,7 @@ class MultiCropAug(TwoViewAug):
         return MultiCrops(list(crops), list(boxes), list(flips))
 
 # %% ../nbs/13d_dino.ipynb #39f69961
-def show_crops(images:Tensor,     # [B, 3, H, W] uint8 images
+def show_crops(images:Tensor,     # [B, 3, H, W] or [B, 1, H, W] uint8 images
                aug:MultiCropAug,  # the augmentation
                n:int=3,           # number of images shown
                title:str|None=None, # figure title
@@ -89,12 +90,12 @@ def show_crops(images:Tensor,     # [B, 3, H, W] uint8 images
     crops = [denormalize_views(c.float().cpu(), s).clamp(0, 1) for c, s in zip(mc.crops, aug.crop_settings)]
     fig, axs = plt.subplots(len(images), 1 + len(crops), figsize=(1.6 * (1 + len(crops)), 1.7 * len(images)), squeeze=False)
     for i, im in enumerate(images):
-        axs[i, 0].imshow(im.permute(1, 2, 0).numpy())
+        _imshow(axs[i, 0], im.permute(1, 2, 0).numpy())
         for k, (box, flip) in enumerate(zip(mc.boxes, mc.flips)):
             colour = 'cyan' if k < 2 else 'yellow'
             x0, y0, x1, y1 = box[i].tolist()
             axs[i, 0].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color=colour, lw=1))
-            axs[i, k + 1].imshow(crops[k][i].permute(1, 2, 0).numpy())
+            _imshow(axs[i, k + 1], crops[k][i].permute(1, 2, 0).numpy())
             axs[i, k + 1].set_title(f'{"global" if k < 2 else "local"} {k + 1 if k < 2 else k - 1}{" F" if flip[i] else ""}', fontsize=7)
     for ax in axs.flat: ax.axis('off')
     if title: fig.suptitle(title)
@@ -272,8 +273,10 @@ class DINO(SSLCallback):
 def dino_learner(dls:DataLoaders,               # images (e.g. `unlabeled_dls`; labels are ignored)
                  encoder:str|Encoder='resnet18', # a timm name or an `Encoder`
                  cbs=None,                       # other callbacks
+                 in_chans:int|None=None,         # input channels of the encoder; None: those of the images of `dls` (`dls_channels`)
                  **kwargs,                       # for `dino_model`, `DINO` (and `AugSettings`) or `Learner`, by name
                 ) -> Learner:
     "A fastai `Learner` pretraining `encoder` with DINO on the images of `dls`."
     model_kw, cb_kw, learn_kw = split_kwargs(kwargs, dino_model, DINO)
+    model_kw |= in_chans_args(encoder, dls_channels(dls), in_chans)
     return ssl_learner(dls, dino_model(encoder, **model_kw), DINO(**cb_kw), cbs, **learn_kw)

@@ -8,7 +8,8 @@ import torch
 from torch import nn, Tensor
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
-from .models import Encoder, mlp_head
+from .models import Encoder, mlp_head, in_chans_args
+from .data import dls_channels
 from .losses import nt_xent
 from .augment import TwoViews, aug_settings
 from .distributed import gather_with_grad
@@ -71,8 +72,10 @@ class SimCLR(TwoViewLoss):
 def simclr_learner(dls:DataLoaders,               # images (e.g. `unlabeled_dls`; labels are ignored)
                    encoder:str|Encoder='resnet18', # a timm name or an `Encoder`
                    cbs=None,                       # other callbacks
+                   in_chans:int|None=None,         # input channels of the encoder; None: those of the images of `dls` (`dls_channels`)
                    **kwargs,                       # for `embedding_model`, `SimCLR` (and `AugSettings`) or `Learner`, by name
                   ) -> Learner:
     "A fastai `Learner` pretraining `encoder` with SimCLR on the images of `dls`."
     model_kw, cb_kw, learn_kw = split_kwargs(kwargs, embedding_model, SimCLR)
+    model_kw |= in_chans_args(encoder, dls_channels(dls), in_chans)
     return ssl_learner(dls, embedding_model(encoder, **model_kw), SimCLR(**cb_kw), cbs, **learn_kw)

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
-from .models import Encoder
+from .models import Encoder, in_chans_args
+from .data import dls_channels
 from .losses import vicreg_loss
 from .pretrain import ssl_learner, split_kwargs
 from .simclr import TwoViewLoss, embedding_model
@@ -39,9 +40,11 @@ class VICReg(TwoViewLoss):
 def vicreg_learner(dls:DataLoaders,               # images (e.g. `unlabeled_dls`; labels are ignored)
                    encoder:str|Encoder='resnet18', # a timm name or an `Encoder`
                    cbs=None,                       # other callbacks
+                   in_chans:int|None=None,         # input channels of the encoder; None: those of the images of `dls` (`dls_channels`)
                    **kwargs,                       # for `embedding_model` (default: 8192-d, 3 layers), `VICReg` (and `AugSettings`) or `Learner`, by name
                   ) -> Learner:
     "A fastai `Learner` pretraining `encoder` with VICReg on the images of `dls`."
     model_kw, cb_kw, learn_kw = split_kwargs(kwargs, embedding_model, VICReg)
+    model_kw |= in_chans_args(encoder, dls_channels(dls), in_chans)
     model_kw = BARLOW_TWINS_PROJECTOR | {'hidden': model_kw.get('dim', BARLOW_TWINS_PROJECTOR['dim'])} | model_kw
     return ssl_learner(dls, embedding_model(encoder, **model_kw), VICReg(**cb_kw), cbs, **learn_kw)
