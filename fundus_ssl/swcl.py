@@ -14,12 +14,13 @@ import matplotlib.pyplot as plt
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.learner import Learner
-from .io import read_image
-from .data import PersistentDL
-from .models import Encoder, mlp_head
+from .io import read_image, n_channels, select_channels
+from .models import Encoder, mlp_head, in_chans_args
+from .data import PersistentDL, dls_channels
 from .losses import MULTILABEL_MODES, positive_weights, supcon_loss
 from .distributed import concat_all_gather, gather_with_grad
 from .hostsync import check_values
+from .augment import _imshow
 from .patches import PATCH_POSITIONS, CSV_NAME, SETTINGS_NAME, patch_image, read_patch_csv
 from .pretrain import EmbeddingNet, SSLCallback, as_encoder, ssl_learner, split_kwargs
 
@@ -102,22 +103,24 @@ def patch_labels(df:pd.DataFrame,             # rows of a patch CSV
 
 # %% ../nbs/18_swcl.ipynb #1b114ad5
 class PatchImages(torch.utils.data.Dataset):
-    "Patches of a patch CSV (uint8 [3, p, p], cached or cut from their image) with their label dicts."
+    "Patches of a patch CSV (uint8 [C, p, p], cached or cut from their image) with their label dicts."
     def __init__(self, rows:pd.DataFrame,      # rows of a patch CSV
                  labels:dict,                  # from `patch_labels(rows)`
                  root:Path,                    # the folder of the CSV (cached patches are relative to it)
-                 settings:dict):               # the CSV's settings (size, patch_size, fov_crop)
-        self.rows, self.labels, self.root, self.settings = rows.reset_index(drop=True), labels, Path(root), settings
+                 settings:dict,                # the CSV's settings (size, patch_size, fov_crop)
+                 channels:str='rgb'):          # the channels kept: 'rgb', 'green' or 'gray' (`fundus_ssl.io.select_channels`)
+        n_channels(channels)
+        self.rows, self.labels, self.root, self.settings, self.channels = rows.reset_index(drop=True), labels, Path(root), settings, channels
         self.pairs = list(self.rows.groupby(['dataset', 'patient', 'position'], sort=False).indices.values())
     def __len__(self): return len(self.rows)
     def patch(self, i:int) -> np.ndarray:
-        "Patch `i` as a (p, p, 3) uint8 array."
+        "Patch `i` as a (p, p, C) uint8 array: C = 3, or 1 for `channels` 'green' or 'gray'."
         r, s = self.rows.iloc[i], self.settings
         if r['patch']: img = read_image(self.root/r['patch'])
         else: img = patch_image(r['image'], r['eye'], r['position'], s['size'], s['patch_size'], s['fov_crop'])
         if img.shape[:2] != (s['patch_size'],) * 2:
             raise ValueError(f"{self.root/r['patch']}: a {img.shape[0]} x {img.shape[1]} patch, expected {s['patch_size']} (patches.json)")
-        return img
+        return select_channels(img, self.channels)
     def __getitem__(self, i):
         return torch.from_numpy(self.patch(i)).permute(2, 0, 1).contiguous(), {k: v[i] for k, v in self.labels.items()}
 
@@ -136,9 +139,10 @@ def swcl_dls(source:str|Path,            # the folder of `build_patch_dataset` (
              num_workers:int=0,          # loader processes
              persistent_workers:bool=False, # keep them between epochs (`fundus_ssl.data.PersistentDL`)
              device=None,                # where batches go (default: fastai's default device)
+             channels:str='rgb',         # the channels of the patches kept: 'rgb', or one, 'green' or 'gray' (`fundus_ssl.io.select_channels`)
             ) -> DataLoaders:
     "Training and validation `DataLoaders` of the patches of a patch dataset, with their label dicts."
-    source = Path(source)
+    n_channels(channels); source = Path(source)
     folder = source.parent if source.suffix == '.csv' else source
     csv, meta = (source if source.suffix == '.csv' else folder/CSV_NAME), folder/SETTINGS_NAME
     for f in (csv, meta):
@@ -150,13 +154,15 @@ def swcl_dls(source:str|Path,            # the folder of `build_patch_dataset` (
     valid = set(np.random.default_rng(seed).permutation(patients)[:n_valid])
     is_valid = (rows['dataset'] + '/' + rows['patient'].astype(str)).isin(valid).to_numpy()
     labels = patch_labels(rows, threshold)
-    ds = [PatchImages(rows[m], {k: v[torch.tensor(m)] for k, v in labels.items()}, folder, settings) for m in (~is_valid, is_valid)]
+    ds = [PatchImages(rows[m], {k: v[torch.tensor(m)] for k, v in labels.items()}, folder, settings, channels) for m in (~is_valid, is_valid)]
     if len(ds[0]) < bs: raise ValueError(f'swcl_dls: {len(ds[0])} training patches, fewer than one batch of bs={bs}')
     loader = partial(PairedPatchDL, bs=bs, num_workers=num_workers, persistent_workers=persistent_workers and num_workers > 0, device=device)
-    return DataLoaders(loader(ds[0], shuffle=True, drop_last=True), loader(ds[1]), device=device)
+    dls = DataLoaders(loader(ds[0], shuffle=True, drop_last=True), loader(ds[1]), device=device)
+    dls.channels = channels   # what `dls_channels` reads
+    return dls
 
 # %% ../nbs/18_swcl.ipynb #8f3e5c51
-def show_positives(x:Tensor,                 # patches [B, 3, p, p] (uint8 or float in [0, 1])
+def show_positives(x:Tensor,                 # patches [B, 3, p, p] or [B, 1, p, p] (uint8 or float in [0, 1])
                    labels:dict,              # their label dict
                    scheme:str='all',         # see `scheme_attributes`
                    multilabel:str|None=None, # None, 'jaccard' or 'per_label' (the mean of the terms is shown)
@@ -170,7 +176,7 @@ def show_positives(x:Tensor,                 # patches [B, 3, p, p] (uint8 or fl
     for i in range(n):
         ax = fig.add_subplot(2, n, i + 1)
         img = x[i].cpu().permute(1, 2, 0)
-        ax.imshow(img if img.dtype == torch.uint8 else img.clamp(0, 1)); ax.axis('off')
+        _imshow(ax, (img if img.dtype == torch.uint8 else img.clamp(0, 1)).numpy()); ax.axis('off')
         ax.set_title(f"{i}: p{labels['patient'][i].item()} {PATCH_POSITIONS[labels['position'][i]]}"
                      + (' abn' if labels['abnormality'][i] else ''), fontsize=9)
     ax = fig.add_subplot(2, 1, 2)
@@ -221,8 +227,10 @@ class SWCL(SSLCallback):
 def swcl_learner(dls:DataLoaders,               # patches with label dicts (`swcl_dls`)
                  encoder:str|Encoder='resnet18', # a timm name or an `Encoder`
                  cbs=None,                       # other callbacks
+                 in_chans:int|None=None,         # input channels of the encoder; None: those of the images of `dls` (`dls_channels`)
                  **kwargs,                       # for `swcl_model`, `SWCL` (and `AugSettings`) or `Learner`, by name
                 ) -> Learner:
     "A fastai `Learner` pretraining `encoder` with SWCL on a patch dataset."
     model_kw, cb_kw, learn_kw = split_kwargs(kwargs, swcl_model, SWCL)
+    model_kw |= in_chans_args(encoder, dls_channels(dls), in_chans)
     return ssl_learner(dls, swcl_model(encoder, **model_kw), SWCL(**cb_kw), cbs, **{'wd': 1e-4, **learn_kw})
