@@ -10,7 +10,11 @@ What this adds to nbdev's rendering, so the site reads well offline and under an
 - every API cross-reference becomes a site-relative link (`page.md#anchor`, which MkDocs makes relative), checked
   against the anchors the pages define; links to names without an entry (private helpers) are dropped;
 - fastprogress outputs are shown as HTML tables, progress bars dropped; MathJax is served from `.ci/vendor`;
-- each page gets a "Run this page" line; a changelog page is written from `git log`.
+- each page gets a "Run this page" line; a changelog page is written from `git log`;
+- a notebook with an executed copy in `nbs/executed/` (written by `.ci/execute_pages.py`: the experiments, run
+  with stated parameters) is shown with that copy's outputs under its own (current) code and prose, below the
+  copy's note of how and where it ran; `<!-- outputs of NAME: SECTION -->` in a Markdown cell shows the figures
+  and tables of that section of NAME's executed run (Home shows the main job's this way).
 
     python .ci/build_docs.py            # README.md + _docs/
     python .ci/build_docs.py --readme   # README.md only
@@ -22,6 +26,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PROC, BUILD, SITE = ROOT/'_proc', ROOT/'_docs_build', ROOT/'_docs'
+EXECUTED = ROOT/'nbs'/'executed'  # executed copies of notebooks (.ci/execute_pages.py)
 SRC = BUILD/'docs'
 VENDOR = ROOT/'.ci'/'vendor'
 
@@ -50,7 +55,8 @@ def _progress_free(h:str):
     h = re.sub(r'(?s)<progress\b.*?</progress>[^<]*', '', h)
     return h if '<table' in h else None
 
-def render_output(out, page, n, assets, asis):
+def render_output(out, page, n, assets, asis, readme=False):
+    "Markdown of one cell output; images are written to `assets` (the README links them on the deployed site)."
     if out['output_type'] == 'stream': return fence(text(out['text']), 'text')
     if out['output_type'] == 'error':
         return fence(re.sub(r'\x1b\[[0-9;]*m', '', '\n'.join(out['traceback'])), 'text')
@@ -59,13 +65,14 @@ def render_output(out, page, n, assets, asis):
         if mime in data:
             name = f'{page}_{n}.{ext}'
             (assets/name).write_bytes(base64.b64decode(text(data[mime])))
-            return f'![](assets/{name})\n'
+            return f'![]({site_url() + "/" if readme else ""}assets/{name})\n'
     if 'image/svg+xml' in data: return text(data['image/svg+xml']) + '\n'
     # HTML first: fastprogress also offers its table as a fenced `html` listing under text/markdown
     if 'text/html' in data:
         h = text(data['text/html'])
         if '<progress' in h and (h := _progress_free(h)) is None: return ''
-        return '<div class="nb-output" markdown="0">\n' + h + '\n</div>\n'
+        if readme: h = re.sub(r'(?s)<style.*?</style>', '', h)  # GitHub shows a <style> element's text
+        return '<div class="nb-output" markdown="0">\n' + h.strip() + '\n</div>\n'
     if 'text/markdown' in data: return text(data['text/markdown']) + '\n'
     if 'text/plain' in data: return text(data['text/plain']) + '\n' if asis else fence(text(data['text/plain']), 'text')
     return ''
@@ -287,9 +294,87 @@ def run_line(stem:str, page:str) -> str:
         cmd, lang, what = f'papermill nbs/{stem}.ipynb {page}_out.ipynb   # -p NAME VALUE overrides a parameter', 'sh', 'Run this page'
     return f'!!! tip "{what}"\n\n' + ''.join('    ' + l + '\n' for l in fence(cmd, lang).splitlines()) + '\n'
 
+# ---- executed copies (.ci/execute_pages.py writes them; tests/test_docs_site.py keeps them in step)
+
+NOTE_TAG, METRICS_TAG = 'executed-note', 'executed-metrics'  # cells execute_pages.py adds: how it ran; its metrics.json
+INJECTED_TAG = 'injected-parameters'  # papermill's cell of the run's parameters
+
+def _tags(cell) -> list: return cell.get('metadata', {}).get('tags', [])
+
+def executed_copy(stem:str) -> dict|None:
+    "The executed copy of `nbs/<stem>.ipynb` in `nbs/executed/`, or None."
+    p = EXECUTED/f'{stem}.ipynb'
+    return json.loads(p.read_text()) if p.exists() else None
+
+def executed_code(run:dict) -> list:
+    "The code cells of an executed copy that come from its notebook (papermill's injected parameters left out)."
+    return [c for c in run['cells'] if c['cell_type'] == 'code' and INJECTED_TAG not in _tags(c)]
+
+def with_outputs(nb:dict, run:dict, stem:str) -> dict:
+    "Processed notebook `nb` with the outputs of its executed copy `run`: each code cell takes the outputs of the copy's"
+    "next cell with the same code; the copy's note comes first. A cell the copy lacks (the notebook changed since it"
+    "was run) keeps its own outputs and is reported."
+    code, k, stale = executed_code(run), 0, 0
+    head = 1 if nb['cells'] and nb['cells'][0]['cell_type'] == 'raw' else 0  # the front matter
+    added = lambda tag: [c for c in run['cells'] if c['cell_type'] == 'markdown' and tag in _tags(c)]
+    cells = nb['cells'][:head] + added(NOTE_TAG)
+    for c in nb['cells'][head:]:
+        if c['cell_type'] == 'code':
+            j = next((j for j in range(k, len(code)) if text(code[j]['source']).strip() == text(c['source']).strip()), None)
+            if j is None: stale += 1
+            else: c, k = {**c, 'outputs': code[j].get('outputs', [])}, j + 1
+        cells.append(c)
+    cells += added(METRICS_TAG)
+    if stale: print(f'build_docs: nbs/executed/{stem}.ipynb lacks {stale} code cells of nbs/{stem}.ipynb (shown without outputs):'
+                    f' run python .ci/execute_pages.py {stem}', file=sys.stderr)
+    return {**nb, 'cells': cells}
+
+def processed(stem:str) -> dict:
+    "The processed notebook of `stem`, with its executed copy's outputs where there is one."
+    nb = json.loads((PROC/f'{stem}.ipynb').read_text())
+    return with_outputs(nb, run, stem) if (run := executed_copy(stem)) is not None else nb
+
+_OUTPUTS_OF = re.compile(r'<!--\s*outputs of (\w+):\s*([^;]*?)\s*(?:;\s*(\w+)\s*)?-->')
+
+def metrics_block(run_md:str, key:str) -> str:
+    "The table of entry `key` in the metrics cell of an executed copy (execute_pages.py writes one per entry)."
+    m = re.search(r'\*\*`' + re.escape(key) + r'`\*\*\n\n(.*?)(?=\n\n\*\*`|\Z)', run_md, re.S)
+    if m is None: raise ValueError(f'the metrics.json of the executed run has no entry {key!r}')
+    return m[1].strip() + '\n'
+
+def section_outputs(stem:str, heading:str, page:str, assets, readme=False, key=None) -> str:
+    "The figures and tables that the code under `## heading` of `stem`'s executed run shows, after the run's note;"
+    "with `key`, then the table of that entry of the run's metrics.json."
+    nb = processed(stem)
+    if executed_copy(stem) is None: raise FileNotFoundError(f'nbs/executed/{stem}.ipynb: run python .ci/execute_pages.py {stem}')
+    parts, state, level, table = [], 'before', 0, ''
+    for i, c in enumerate(nb['cells']):
+        src = text(c['source'])
+        if c['cell_type'] == 'markdown' and NOTE_TAG in _tags(c):
+            body = f'{src.strip()} The whole run: the [{stem}]({stem}.html) page.'
+            parts.insert(0, f'> **From an executed run of {stem}**: ' + ' '.join(body.split()) + '\n' if readme else  # GitHub: no admonitions
+                            f'!!! note "From an executed run of {stem}"\n\n' + _indent(body) + '\n')
+            continue
+        if c['cell_type'] == 'markdown' and METRICS_TAG in _tags(c):
+            if key: table = f'Its `metrics.json`, entry `{key}` (95% intervals as value [low, high]):\n\n' + metrics_block(src, key)
+            continue
+        if c['cell_type'] == 'markdown' and (h := re.match(r'(#+)\s+(.*?)\s*$', src.split('\n')[0])):
+            if state == 'inside' and len(h[1]) <= level: state = 'after'
+            if state == 'before' and h[2] == heading: state, level = 'inside', len(h[1])
+            continue
+        if state == 'inside' and c['cell_type'] == 'code':
+            for j, o in enumerate(c.get('outputs', [])):
+                if o.get('output_type') in ('display_data', 'execute_result') and set(o.get('data', {})) & {'image/png', 'image/jpeg', 'text/html'}:
+                    parts.append(render_output(o, page, f'{stem}_{i}_{j}', assets, False, readme))
+    if state == 'before': raise ValueError(f'nbs/{stem}.ipynb has no section {heading!r} (asked for by {page})')
+    if key and not table: raise ValueError(f'nbs/executed/{stem}.ipynb has no metrics cell: run python .ci/execute_pages.py {stem}')
+    return '\n'.join(parts + [table])
+
+def _indent(md:str) -> str: return ''.join('    ' + l + '\n' if l.strip() else '\n' for l in md.strip().split('\n'))
+
 def notebook_page(nb_path, assets, readme=False):
     "Markdown of one processed notebook (links not yet resolved), and its front matter."
-    nb = json.loads(nb_path.read_text())
+    nb = processed(nb_path.stem) if nb_path.parent == PROC else json.loads(nb_path.read_text())
     cells, meta, parts = nb['cells'], {}, []
     if cells and cells[0]['cell_type'] == 'raw' and text(cells[0]['source']).startswith('---'):
         meta = yaml.safe_load(text(cells[0]['source']).strip().strip('-')) or {}
@@ -301,19 +386,22 @@ def notebook_page(nb_path, assets, readme=False):
     if not readme: parts.append(run_line(nb_path.stem, page))
     for i, cell in enumerate(cells):
         src = text(cell['source'])
+        if cell['cell_type'] == 'markdown' and NOTE_TAG in _tags(cell):
+            parts.append('!!! note "An executed run"\n\n' + _indent(src)); continue
         if cell['cell_type'] == 'markdown':
+            src = _OUTPUTS_OF.sub(lambda m: section_outputs(m[1], m[2], page, assets, readme, m[3]), src)
             parts.append(src + '\n'); continue
         if cell['cell_type'] != 'code': continue
         opts, code = directives(src)
         if opts.get('include') == 'false' or 'hide' in opts: continue
         if not readme and 'show_doc' in code and (md := show_doc_md(code, mod)) is not None:
             parts.append(md); continue
-        if not readme and 'parameters' in cell.get('metadata', {}).get('tags', []):
+        if not readme and 'parameters' in _tags(cell):
             parts.append(parameters_md(code))
         elif opts.get('echo', 'true') != 'false' and code: parts.append(fence(code, 'python'))
         if opts.get('output', 'true') == 'false': continue
         asis = opts.get('output') == 'asis'
-        parts += [render_output(o, page, f'{i}_{j}', assets, asis) for j, o in enumerate(cell.get('outputs', []))]
+        parts += [render_output(o, page, f'{i}_{j}', assets, asis, readme) for j, o in enumerate(cell.get('outputs', []))]
     md = strip_links_in_code('\n'.join(parts))
     return page, meta.get('title', page), md
 

@@ -109,7 +109,9 @@ async function render(pages) {
       overflowing: [...doc.querySelectorAll('.api-sig pre, .api-sig code, .api-params, .api-params .md-typeset__scrollwrap, .api-params table')]
                     .filter(e => over(e) || e.getBoundingClientRect().right > right + 1)
                     .map(e => (e.closest('.api-params, .api-sig').previousElementSibling || e).textContent.slice(0, 60)),
-      images: [...doc.querySelectorAll('.md-content img')].map(i => [i.getAttribute('src'), i.naturalWidth]),
+      images: [...doc.querySelectorAll('.md-content img')].map(i => [i.getAttribute('src'), i.naturalWidth, i.getBoundingClientRect().width]),
+      // tables of results (notebook outputs and Markdown tables), API parameter tables aside
+      tables: [...doc.querySelectorAll('.md-content table')].filter(t => !t.closest('.api-params')).length,
     };
     frame.remove();
   }

@@ -15,7 +15,8 @@ BASE_PATH = '/fundus_ssl'  # settings.ini's doc_baseurl: where GitHub Pages serv
 def site_is_stale():
     index = SITE/'index.html'
     if not index.exists(): return True
-    newest = max(p.stat().st_mtime for p in [*(ROOT/'nbs').glob('*.ipynb'), ROOT/'.ci'/'build_docs.py'])
+    newest = max(p.stat().st_mtime for p in [*(ROOT/'nbs').glob('*.ipynb'), *(ROOT/'nbs'/'executed').glob('*.ipynb'),
+                                             ROOT/'.ci'/'build_docs.py'])
     return index.stat().st_mtime < newest
 
 class SiteHandler(http.server.SimpleHTTPRequestHandler):
@@ -153,6 +154,97 @@ def test_run_this_page(rendered):
     "Each module page says how to import it, each experiment page how to run it with papermill."
     for mod in exported_names(): assert f'from fundus_ssl.{mod} import *' in rendered[f'{mod}/']['text'], mod
     for p in ('run_swcl/', 'run_pretrain/'): assert f'papermill nbs/{p[:-1]}.ipynb' in rendered[p]['text'], p
+
+# ---- outputs: figures and tables from executed runs (nbs/executed/, .ci/execute_pages.py)
+
+NBS, EXECUTED = ROOT/'nbs', ROOT/'nbs'/'executed'
+EXPERIMENTS = sorted(p.stem for p in NBS.glob('run_*.ipynb'))
+
+def _cells(path):
+    return json.loads(Path(path).read_text())['cells']
+
+def _src(c): return ''.join(c['source']) if isinstance(c['source'], list) else c['source']
+
+def plotting_pages():
+    "Pages whose notebook calls a plotting function in a cell it shows: pyplot, or the package's `plot_*`/`show_*`."
+    import importlib, pkgutil, fundus_ssl
+    names = {n for m in pkgutil.iter_modules(fundus_ssl.__path__) if not m.name.startswith('_')
+             for n in getattr(importlib.import_module(f'fundus_ssl.{m.name}'), '__all__', []) if re.match(r'(plot|show)_', n)}
+    names.discard('show_doc')
+    call = re.compile(r'\bplt\.\w+\(|(?<![\w.])(?:' + '|'.join(sorted(names)) + r')\(')
+    pages = []
+    for nb in sorted(NBS.glob('*.ipynb')):
+        for c in _cells(nb):
+            src = _src(c)
+            if c['cell_type'] != 'code' or re.match(r'#\|\s*(export|hide|eval:\s*false)', src): continue
+            calls = [l for l in src.split('\n') if call.search(l) and not l.lstrip().startswith(('def ', '#'))]
+            if calls: pages.append('' if nb.stem == 'index' else f'{_page_of(nb)}/'); break
+    return pages
+
+def _page_of(nb):
+    "The page a notebook becomes: its name without the number (`05a_cache` -> `cache`), as nbdev names it."
+    return re.sub(r'^\d+[a-z]?_', '', nb.stem)
+
+def test_pages_that_plot_show_their_figures(rendered):
+    "Every page whose notebook calls a plotting function shows a figure, and every image on the site loads."
+    pages = plotting_pages()
+    assert 'run_swcl/' in pages and '' in pages, pages
+    missing = [p or 'Home' for p in pages if not [i for i in rendered[p]['images'] if i[1] > 0]]
+    assert not missing, f'pages that call a plotting function but show no figure: {missing} (execute the notebook, or run python .ci/execute_pages.py NAME)'
+    broken = {p: [i[0] for i in r['images'] if i[1] == 0] for p, r in rendered.items() if [i for i in r['images'] if i[1] == 0]}
+    assert not broken, f'images that do not load: {broken}'
+
+def test_figures_not_shrunk_illegible(rendered):
+    "A figure wider than the page's text column is scaled down with its text: none is shown below 65% of its size at"
+    "1400 px (a 10 pt label at 100 dpi stays 9 px or more; make such a figure narrower, or split its panels)."
+    shrunk = sorted((round(w / n, 2), p, src) for p, r in rendered.items() for src, n, w in r['images'] if n and w / n < 0.65)
+    assert not shrunk, f'figures shown below 65% of their size: {shrunk}'
+
+def test_home_and_experiments_show_an_executed_run(rendered):
+    "Home and each experiment page show figures and a table of results from an executed run, and say how it ran."
+    for p in ['', *(f'{e}/' for e in EXPERIMENTS)]:
+        r = rendered[p]
+        assert [i for i in r['images'] if i[1] > 0], f'{p or "Home"}: no figure'
+        assert r['tables'] >= 1, f'{p or "Home"}: no table of results'
+        assert 'from an executed run' in r['text'], f'{p or "Home"}: no note of the executed run'
+    for e in EXPERIMENTS: assert "The run's metrics.json" in rendered[f'{e}/']['text'], e
+
+def test_executed_copies_are_in_step():
+    "Each experiment has an executed copy whose code is the notebook's (papermill's injected parameters aside): a"
+    "notebook edited since its copy was made fails here, naming the command that remakes it."
+    missing = [e for e in EXPERIMENTS if not (EXECUTED/f'{e}.ipynb').exists()]
+    assert not missing, f'no executed copy of {missing}: run python .ci/execute_pages.py {" ".join(missing)}'
+    stale = []
+    for copy in sorted(EXECUTED.glob('*.ipynb')):
+        assert (NBS/copy.name).exists(), f'{copy}: nbs/{copy.name} does not exist (delete the copy)'
+        code = lambda cells: [_src(c).strip() for c in cells if c['cell_type'] == 'code'
+                              and 'injected-parameters' not in c.get('metadata', {}).get('tags', [])]
+        ours, theirs = code(_cells(copy)), code(_cells(NBS/copy.name))
+        if ours != theirs:
+            n = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+            stale.append(f'{copy.stem} (code cell {n} differs)')
+        tags = [t for c in _cells(copy) for t in c.get('metadata', {}).get('tags', [])]
+        assert 'executed-note' in tags and 'executed-metrics' in tags, f'{copy}: lacks the note or the metrics cell of execute_pages.py'
+    assert not stale, (f'executed copies out of step with their notebooks: {stale}; run '
+                       f'python .ci/execute_pages.py {" ".join(s.split()[0] for s in stale)} and commit nbs/executed/')
+    size = sum(p.stat().st_size for p in EXECUTED.glob('*.ipynb'))
+    assert size < 6e6, f'nbs/executed/ holds {size / 1e6:.1f} MB: make the runs\' figures smaller'
+
+def test_builder_merges_executed_outputs(capsys):
+    "The builder shows a copy's outputs under the notebook's own cells, its note first and its metrics last, and says"
+    "when the notebook has code its copy lacks."
+    bd = builder()
+    code = lambda src, outs=(), tags=(): dict(cell_type='code', source=src, metadata=dict(tags=list(tags)) if tags else {}, outputs=list(outs))
+    md = lambda src, tags=(): dict(cell_type='markdown', source=src, metadata=dict(tags=list(tags)) if tags else {})
+    out = lambda t: dict(output_type='stream', name='stdout', text=t)
+    nb = dict(cells=[dict(cell_type='raw', source='---\ntitle: x\n---', metadata={}), md('# x'), code('a = 1'), code('print(a)'), code('new()')])
+    run = dict(cells=[md('# x'), md('Outputs below are from an executed run', [bd.NOTE_TAG]), code('a = 2', [out('p')], ['injected-parameters']),
+                      code('a = 1'), code('print(a)', [out('2')]), md('## metrics', [bd.METRICS_TAG])])
+    merged = bd.with_outputs(nb, run, 'x')['cells']
+    assert [c['cell_type'] for c in merged] == ['raw', 'markdown', 'markdown', 'code', 'code', 'code', 'markdown']
+    assert bd.NOTE_TAG in merged[1]['metadata']['tags'] and merged[4]['outputs'] == [out('2')] and merged[5]['outputs'] == []
+    assert bd.METRICS_TAG in merged[-1]['metadata']['tags']
+    assert 'lacks 1 code cells' in capsys.readouterr().err
 
 def test_changelog(rendered):
     assert 'changelog/' in rendered and re.search(r'\d{4}-\d\d-\d\d', rendered['changelog/']['text'])
