@@ -97,11 +97,14 @@ def execute(src:Path, dst:Path, params:dict|None=None, out_dir:Path|None=None) -
                                kernel_name='python3', cwd=str(NBS), progress_bar=False)
     return time.time() - t0
 
-def note(name:str, params:dict, seconds:float, extra:str='') -> dict:
+def source_commit(name:str) -> str:
+    "The commit the notebook is run from, and whether it has changes not committed yet."
+    dirty = git('status', '--porcelain', '--', f'nbs/{name}.ipynb')
+    return git('rev-parse', '--short', 'HEAD') + (f' (with uncommitted changes to `nbs/{name}.ipynb`)' if dirty else '')
+
+def note(name:str, params:dict, seconds:float, commit:str, extra:str='') -> dict:
     "The Markdown cell that says how the outputs below were made."
     shown = ', '.join(f'`{k}={v!r}`' for k, v in params.items()) or 'its default parameters'
-    dirty = git('status', '--porcelain', '--', f'nbs/{name}.ipynb')
-    commit = git('rev-parse', '--short', 'HEAD') + (f' (with uncommitted changes to `nbs/{name}.ipynb`)' if dirty else '')
     src = (f'Outputs below are from an executed run of this notebook with {shown}, on {machine()}, '
            f'{time.strftime("%Y-%m-%d", time.gmtime())}, commit {commit}: {seconds / 60:.1f} minutes. {extra}'
            f'`python .ci/execute_pages.py {name}{" --benchmark-dir RUN_DIR" if name == "run_benchmark" else ""}` remakes this copy '
@@ -173,9 +176,10 @@ def executed_copy(name:str, benchmark_dir:Path|None=None):
             out, more, extra = benchmark_out(benchmark_dir, tmp); params.update(more)
         else: out = tmp/name
         dst = tmp/f'{name}.ipynb'
+        commit = source_commit(name)
         seconds = execute(NBS/f'{name}.ipynb', dst, params, out)
         nb = jpeg_images(json.loads(dst.read_text()))
-        nb['cells'].insert(1, note(name, params, seconds, extra))
+        nb['cells'].insert(1, note(name, params, seconds, commit, extra))
         if (out/'metrics.json').exists(): nb['cells'].append(metrics_cell(out/'metrics.json'))
         else: raise FileNotFoundError(f'{name}: the run wrote no metrics.json in its out_dir')
         nb = portable(nb, out, benchmark_dir if name == 'run_benchmark' else None)
@@ -227,6 +231,9 @@ if __name__ == '__main__':
     if args.worker: _run_like_nbdev_test(*args.worker); sys.exit()
     names = [*(COPIES if args.copies else []), *args.names]
     if not names: ap.error('name notebooks, or --copies')
+    if 'run_benchmark' in names and args.benchmark_dir is None:
+        if 'run_benchmark' in args.names: ap.error('run_benchmark: give --benchmark-dir, the out_dir of a finished cpu-scale benchmark run')
+        print('run_benchmark: skipped (no --benchmark-dir)'); names.remove('run_benchmark')
     for name in names:
         if not (NBS/f'{name}.ipynb').exists(): ap.error(f'nbs/{name}.ipynb does not exist')
     os.environ.setdefault('OMP_NUM_THREADS', '1')
