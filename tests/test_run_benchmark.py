@@ -45,6 +45,22 @@ def test_summary_claims_and_metrics(smoke):
     assert m['scale'] == 'smoke' and m['commit'] and m['n_values'] == len(pd.read_csv(smoke/'cells.csv'))
     assert m['pretraining']['mocov2']['images_per_s'] > 0 and 0 <= m['pretraining']['mocov2']['data_wait_share'] < 1
 
+def test_history_csv(smoke):
+    "history.csv: one row per epoch of every downstream training (a stage each), and each pretraining's in its folder."
+    h = pd.read_csv(smoke/'history.csv')
+    assert list(h.columns[:4]) == ['epoch', 'stage', 'train_loss', 'valid_loss'] and list(h.columns[-3:]) == ['lr', 'images_per_s', 'seconds']
+    epochs = h.groupby('stage', sort=False).epoch.apply(list)
+    assert all(e == list(range(1, len(e) + 1)) for e in epochs)   # one row per epoch, none twice
+    # per method: eyediseases4class 3 fractions x 3 seeds x (linear, fine_tune), odir 3 seeds x 2, retinamnist 3 x linear, drive 3 sizes x 3, drions 3
+    assert len(epochs) == 2 * (18 + 6 + 3 + 9 + 3)
+    for m in METHODS.split(','):   # smoke: 10 probe epochs; fine-tuning 1 of the head + 2; 1 U-Net epoch
+        assert [len(epochs[f'{t} {m} fraction=1.0 seed=0']) for t in ('eyediseases4class linear', 'eyediseases4class fine_tune', 'odir fine_tune', 'retinamnist linear')] == [10, 3, 3, 10]
+        assert len(epochs[f'drive {m} n=20 seed=0']) == len(epochs[f'drions {m} seed=0']) == 1
+    tuned = h[h.stage.str.contains('fine_tune')]
+    assert tuned[['train_loss', 'valid_loss', 'lr', 'images_per_s', 'seconds']].notna().all().all()
+    p = pd.read_csv(smoke/'pretrain'/'mocov2'/'history.csv')
+    assert p['epoch'].tolist() == [1] and p['stage'].tolist() == ['pretrain'] and (p['images_per_s'] > 0).all()
+
 def test_encoders_load_in_plain_timm_and_the_unet(smoke):
     import timm, torch
     from fundus_ssl.segmentation import unet_model
@@ -55,9 +71,9 @@ def test_encoders_load_in_plain_timm_and_the_unet(smoke):
         assert unet_model(f, n_classes=2)(torch.rand(1, 3, 64, 64)).shape[-2:] == (64, 64)
 
 def test_rerun_finds_everything_done(smoke, tmp_path):
-    before = {f: f.stat().st_mtime_ns for f in (smoke/'cells').rglob('*.csv')}
+    before = {f: f.stat().st_mtime_ns for f in [*(smoke/'cells').rglob('*.csv'), smoke/'history.csv']}
     run(smoke.parent, methods=METHODS)   # same out_dir: every pretraining and every cell is done
-    assert {f: f.stat().st_mtime_ns for f in (smoke/'cells').rglob('*.csv')} == before
+    assert {f: f.stat().st_mtime_ns for f in [*(smoke/'cells').rglob('*.csv'), smoke/'history.csv']} == before
     assert 'done' in (smoke.parent/'run.ipynb').read_text()
 
 def test_the_newer_methods_pretrain_in_the_benchmark(tmp_path):
