@@ -523,21 +523,23 @@ class HistoryLog(Callback):
                  clock:Callable=time.perf_counter, # seconds (injectable, for tests)
                 ):
         self.path, self.stage, self.clock, self.done, self.rows = Path(path), stage, clock, None, []
-    def before_fit(self): self.fit_base, self.fit_start = self.done or 0, None
+    def before_fit(self): self.fit_base, self.fit_start, self.skip = self.done or 0, None, hasattr(self.learn, 'lr_finder')  # not lr_find's
     def before_epoch(self):
+        if self.skip: return
         if self.fit_start is None:   # SaveState's before_fit (later in order) has set where a resumed run starts
             self.fit_start = getattr(getattr(self.learn, 'save_state', None), 'start', 0)
             if rank() == 0 and self.path.exists(): keep_history(self.path, self.stage, self.fit_base + self.fit_start)
         self.t_epoch, self.images, self.t_train, self.loss_sum, self.n_batches, self.lr = self.clock(), 0, 0., 0., 0, None
     def before_train(self): self._t = self.clock()
-    def after_train(self): self.t_train += self.clock() - self._t
+    def after_train(self):
+        if not self.skip: self.t_train += self.clock() - self._t
     def after_batch(self):
-        if not self.training: return
-        self.loss_sum, self.n_batches = self.learn.loss.detach() + self.loss_sum, self.n_batches + 1   # summed on the device: no wait per step
+        if not self.training or self.skip: return
+        self.loss_sum, self.n_batches = self.learn.loss.detach().float() + self.loss_sum, self.n_batches + 1   # summed on the device: no wait per step
         self.images += len(self.xb[0]) * world_size()
         self.lr = self.opt.hypers[-1]['lr']
     def after_epoch(self):
-        if not self.n_batches: return   # an epoch a resumed run skipped
+        if self.skip or not self.n_batches: return   # lr_find, or an epoch a resumed run skipped
         rec = getattr(self.learn, 'recorder', None)
         values = dict(zip(rec.metric_names[1:], self.learn.final_record)) if rec is not None and hasattr(self.learn, 'final_record') else {}
         values = {k: float(v) if isinstance(v, (int, float, Tensor, np.number)) else None for k, v in values.items() if k != 'train_loss'}
@@ -566,7 +568,11 @@ def plot_history(history:str|Path|pd.DataFrame, # a history file or `read_histor
                 ) -> plt.Figure:
     "Losses, metrics and learning rate against epochs, one colour per stage."
     df = read_history(history) if not isinstance(history, pd.DataFrame) else history
-    if stages is not None: df = df[df['stage'].isin(stages)]
+    if stages is not None:
+        if missing := [s for s in stages if s not in set(df['stage'])]: raise ValueError(f'plot_history: stages {missing} are not in the history; its stages: {list(dict.fromkeys(df["stage"]))}')
+        df = df[df['stage'].isin(stages)]
+    if metrics is not None and (missing := [m for m in metrics if m not in df.columns]):
+        raise ValueError(f'plot_history: metrics {missing} are not columns of the history; its columns: {list(df.columns)}')
     mets = [c for c in df.columns if c not in _FIRST + _LAST and df[c].notna().any()] if metrics is None else list(metrics)
     fig, axs = plt.subplots(1, 2 + bool(mets), figsize=(3.6 * (2 + bool(mets)), 2.8), squeeze=False)
     ax_loss, ax_met, ax_lr = axs[0, 0], axs[0, 1] if mets else None, axs[0, -1]
