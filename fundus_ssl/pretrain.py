@@ -586,6 +586,7 @@ def plot_history(history:str|Path|pd.DataFrame, # a history file or `read_histor
     ax_loss.set(xlabel='epoch', ylabel='loss', title='loss'); ax_lr.set(xlabel='epoch', ylabel='learning rate (end of epoch)', title='learning rate')
     if ax_met is not None: ax_met.set(xlabel='epoch', title='validation metrics')
     for ax in axs.flat:
+        ax.xaxis.get_major_locator().set_params(integer=True)   # epochs
         if ax.has_data(): ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
