@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
-from .models import Encoder, mlp_head
-from .io import n_channels
+from .models import Encoder, mlp_head, in_chans_args
 from .data import dls_channels
 from .losses import moco_infonce, local_infonce, corresponding_regions, region_boxes, nonempty_boxes
 from .augment import AugSettings, TwoViewAug, TwoViews
@@ -162,9 +161,5 @@ def moco_learner(dls:DataLoaders,               # images (e.g. `unlabeled_dls`; 
                 ) -> Learner:
     "A fastai `Learner` pretraining `encoder` with MoCo v2 on the images of `dls`."
     model_kw, cb_kw, learn_kw = split_kwargs(kwargs, moco_model, MoCoV2)
-    n = in_chans or n_channels(dls_channels(dls))
-    if isinstance(encoder, str): model_kw['in_chans'] = n   # a timm argument, for `create_encoder`
-    elif isinstance(encoder, Encoder) and encoder.in_chans != n:
-        raise ValueError(f'encoder takes {encoder.in_chans} input channels but the images have {n} '
-                         f'(channels={dls_channels(dls)!r}): create it with in_chans={n}')
+    model_kw |= in_chans_args(encoder, dls_channels(dls), in_chans)   # a name: in_chans for `create_encoder`; an Encoder: checked
     return ssl_learner(dls, moco_model(encoder, **model_kw), MoCoV2(**cb_kw), cbs, **learn_kw)
