@@ -15,6 +15,7 @@ from fastai.optimizer import SGD, Adam
 from . import datasets
 from .datasets import read_image_table  # reader 'table': a CSV/XLSX of image paths (moved to datasets)
 from .augment import aug_settings
+from .io import CHANNELS
 from .byol import byol_learner
 from .simclr import simclr_learner
 from .barlow_twins import barlow_twins_learner
@@ -50,6 +51,7 @@ PRETRAIN_PARAMETERS = dict(   # name: (default, help)
     n_images=(200, 'synthetic images (two per patient)'),
     valid_pct=(0.4, "share of the patients held out for the validation loss when the data has no 'valid' split"),
     image_size=(64, 'side of the images and views (paper scale: 224)'),
+    channels=('rgb', f"the image channels the encoder sees: one of {tuple(CHANNELS)} ('green', 'gray': 1-channel images, an encoder with in_chans=1)"),
     epochs=(15, 'length of the run (the learning-rate schedule spans it)'),
     stop_after=(None, 'stop after this many completed epochs; continue later with --resume'),
     batch_size=(16, 'images (SWCL: patches) per step over all processes, divided among them'),
@@ -115,7 +117,7 @@ def check_pretrain_params(params:dict, # parameters of `pretrain` (unknown names
     _expect(0 <= p['valid_pct'] < 1, 'valid_pct', p['valid_pct'], 'a share in [0, 1)')
     for name, allowed in [('optimizer', tuple(OPTIMIZERS)), ('schedule', ('one_cycle', 'cosine')), ('precision', ('fp32', 'bf16', 'fp16')),
                           ('decorrelation', ('iternorm', 'zca')), ('decorrelation_at', ('projector', 'last_norm')),
-                          ('views', ('method', 'fixed')), ('multilabel', (None, *MULTILABEL_MODES))]:
+                          ('views', ('method', 'fixed')), ('multilabel', (None, *MULTILABEL_MODES)), ('channels', tuple(CHANNELS))]:
         _expect(p[name] in allowed, name, p[name], f'one of {allowed}')
     _expect(is_loggers(p['loggers']) is None, 'loggers', p['loggers'], is_loggers(p['loggers']))
     _expect(isinstance(p['aug_overrides'], dict), 'aug_overrides', p['aug_overrides'], 'a dict of AugSettings fields')
@@ -214,17 +216,17 @@ def fixed_views(size:int) -> tuple:
 
 # %% ../nbs/40_cli.ipynb #741ef4a2
 def pretrain_learner(p:dict, out:Path):
-    "The method's `Learner` for checked parameters `p` on this process's share of the batch."
+    "The method's `Learner` for checked parameters `p` on this process's share of the batch (its encoder takes the `channels` of the images)."
     world, m = world_size(), p['method']
     bs = p['batch_size'] // world
     views = dict(aug=fixed_views(p['image_size'])) if p['views'] == 'fixed' else {k: tuple(v) if isinstance(v, list) else v for k, v in p['aug_overrides'].items()}
     common = dict(opt_func=OPTIMIZERS[p['optimizer']], wd=p['wd'], path=out, **views)
     if m == 'swcl':
-        dls = swcl_dls(p['patches'], bs=bs, threshold=p['threshold'], seed=p['seed'], num_workers=p['num_workers'])
+        dls = swcl_dls(p['patches'], bs=bs, threshold=p['threshold'], seed=p['seed'], num_workers=p['num_workers'], channels=p['channels'])
         learn = swcl_learner(dls, p['encoder'], label_scheme=p['label_scheme'], multilabel=p['multilabel'], temperature=p['swcl_temperature'], **common)
     else:
         df = pretrain_images(p, out)
-        dls = unlabeled_dls(df, size=p['image_size'], bs=bs, valid_pct=p['valid_pct'], num_workers=p['num_workers'], seed=p['seed'])
+        dls = unlabeled_dls(df, size=p['image_size'], bs=bs, valid_pct=p['valid_pct'], num_workers=p['num_workers'], seed=p['seed'], channels=p['channels'])
         if m == 'byol': learn = byol_learner(dls, p['encoder'], momentum=p['byol_momentum'], **common)
         elif m == 'simclr': learn = simclr_learner(dls, p['encoder'], temperature=p['simclr_temperature'], **common)
         elif m == 'barlow_twins': learn = barlow_twins_learner(dls, p['encoder'], dim=p['projector_dim'], lambd=p['barlow_lambda'], **common)
@@ -254,12 +256,16 @@ def _settings(p:dict) -> dict:
     "The settings a resumed run must share with the run it continues (JSON-able)."
     return json.loads(json.dumps({k: v for k, v in p.items() if k not in _NOT_COMPARED and p['method'] in _METHOD_ONLY.get(k, (p['method'],))}, default=list))
 
+def _checkpoint_config(p:dict) -> dict:
+    "The settings `SaveState` checks: `_settings` without `channels='rgb'`, so checkpoints written before `channels` existed still resume."
+    return {k: v for k, v in _settings(p).items() if not (k == 'channels' and v == 'rgb')}
+
 def _run_record(out:Path, p:dict):
     "Write `run.json`, or check that an existing one holds the same settings (a resumed run) before any work."
     f, mine = out/'run.json', _settings(p)
     existed = f.exists()
     if existed:
-        old = json.loads(f.read_text())
+        old = {'channels': 'rgb', **json.loads(f.read_text())}   # runs recorded before `channels` existed read RGB images
         diffs = [f'{k}: {old.get(k)!r} there, {mine.get(k)!r} now' for k in sorted(set(old) | set(mine)) if old.get(k) != mine.get(k)]
         if not p['resume']: raise FileExistsError(f'pretrain: {out} holds another run (run.json): pass --resume to continue it, or another --out-dir')
         if diffs: raise ValueError(f'pretrain: --resume with other settings than the run in {out}:\n  ' + '\n  '.join(diffs))
@@ -289,7 +295,7 @@ def pretrain(**params) -> dict:
     random.seed(p['seed']); np.random.seed(p['seed']); torch.manual_seed(p['seed'])   # the same initial weights in every process
     learn = pretrain_learner(p, out)
     log, speed, t0 = LossLog(out/'losses.json'), Throughput(), time.time()
-    cbs = [DDPTrainer(sync_bn=p['sync_bn']), SaveState(out/'checkpoints', resume=p['resume'], config=_settings(p)), log, speed, *run_loggers(out, p['loggers'], 'pretrain'), _StopAfter(p['stop_after'])]
+    cbs = [DDPTrainer(sync_bn=p['sync_bn']), SaveState(out/'checkpoints', resume=p['resume'], config=_checkpoint_config(p)), log, speed, *run_loggers(out, p['loggers'], 'pretrain'), _StopAfter(p['stop_after'])]
     with learn.no_bar() if rank() > 0 and hasattr(learn, 'no_bar') else contextlib.nullcontext(): _fit(learn, p, cbs)
     metrics = dict(method=p['method'], encoder=p['encoder'], world_size=world_size(), ranks_in_step=ranks_in_step(learn.model), steps=len(log.losses),
                    loss_first=log.losses[0]['loss'] if log.losses else None, loss_last=log.losses[-1]['loss'] if log.losses else None,

@@ -108,7 +108,8 @@ def test_bad_parameters_fail_before_any_work(tmp_path, capsys):
     assert p.returncode == 2 and 'unrecognized arguments: --label-schem' in p.stderr, p.stderr[-2000:]
     from fundus_ssl.cli import main
     for args, says in [(['--method', 'mocov3'], "method='mocov3'"), (['--encoder', 'resnet_nope'], "encoder='resnet_nope'"),
-                       (['--batch-size', '0'], 'batch_size=0'), (['--reader', 'eyepacs', '--root', str(tmp_path/'none')], 'root=')]:
+                       (['--batch-size', '0'], 'batch_size=0'), (['--channels', 'grene'], "channels='grene': expected one of ('rgb', 'green', 'gray')"),
+                       (['--reader', 'eyepacs', '--root', str(tmp_path/'none')], 'root=')]:
         with pytest.raises(SystemExit) as e: main(['pretrain', *args, '--out-dir', str(tmp_path/'run')])
         assert says in str(e.value)
     assert not (tmp_path/'run').exists()
