@@ -95,8 +95,8 @@ def test_unknown_parameter_fails_at_once(tmp_path):
 
 def test_misspelled_values_fail_before_any_work(tmp_path):
     err = experiment_error('run_pretrain', tmp_path/'out', tmp_path/'nb.ipynb',
-                           **{**TINY, 'method': 'mocov3', 'optimizer': 'adamw', 'reader': 'eyepacks', 'aug_overrides': {'p_blurr': 0.}})
-    for s in ("method='mocov3'", "optimizer='adamw'", "reader='eyepacks'", "(did you mean 'eyepacs'?)", "not 'p_blurr'"): assert s in err, (s, err)
+                           **{**TINY, 'method': 'mocov3', 'optimizer': 'adamw', 'reader': 'eyepacks', 'aug_overrides': {'p_blurr': 0.}, 'channels': 'grey'})
+    for s in ("method='mocov3'", "optimizer='adamw'", "reader='eyepacks'", "(did you mean 'eyepacs'?)", "not 'p_blurr'", "channels='grey'"): assert s in err, (s, err)
     assert not (tmp_path/'out').exists()
 
 # ---- your own data (issue 15): a plain folder of images without labels, a CSV of paths and labels; checked before any work
@@ -146,7 +146,9 @@ def test_runs_on_a_table_of_your_own(own_data, tmp_path):
     for k in ('knn_pretrained', 'knn_random', 'knn_majority'): assert 0 <= m[k] <= 1, (k, m[k])
 
 def test_dino_runs(tmp_path):
-    "DINO through run_pretrain: multi-crop views, a small head, trained, exported and probed like the other methods."
-    m = run(tmp_path, method='dino', dino_out_dim=64, dino_n_local=2, epochs=1)
+    "DINO through run_pretrain on the green channel: 1-channel multi-crop views, a small head, trained, exported (in_chans=1) and probed like the other methods."
+    m = run(tmp_path, method='dino', dino_out_dim=64, dino_n_local=2, epochs=1, channels='green')
     assert m['method'] == 'dino' and m['export_ok'] and m['params']['dino_n_local'] == 2
+    assert m['params']['channels'] == 'green' and json.loads((tmp_path/'run.json').read_text())['parameters']['channels'] == 'green'
+    assert create_encoder(pretrained=m['encoder_file']).in_chans == 1
     assert all(math.isfinite(h['loss']) for h in m['history'])
