@@ -334,7 +334,7 @@ def test_builder_outputs_and_entries(tmp_path):
     from fundus_ssl.augment import TwoViews
     from fundus_ssl.datasets import DatasetLayoutError, DatasetLabelError
     md = bd.api_entry(TwoViews, 'TwoViews')
-    assert 'class TwoViews(' in md and 'view1:Tensor' in md and '| `view1` | `Tensor` |  | [B, 3, S, S] float32 |' in md
+    assert 'class TwoViews(' in md and 'view1:Tensor' in md and '| `view1` | `Tensor` |  | [B, C, S, S] float32 (C = 3, or 1 for 1-channel images) |' in md
     assert 'class DatasetLayoutError(dataset:str, path, problem:str=\'not found\', layout:str=\'\')' in bd.api_entry(DatasetLayoutError, 'DatasetLayoutError')
     assert 'class DatasetLabelError(ValueError)' in bd.api_entry(DatasetLabelError, 'DatasetLabelError')
     params = bd.parameters_md("image_size: int = 128  # side of the squares\nencoder = 'resnet10t'  # timm name\nroot = None\n")
