@@ -96,7 +96,7 @@ def show_crops(images:Tensor,     # [B, 3, H, W] or [B, 1, H, W] uint8 images
             x0, y0, x1, y1 = box[i].tolist()
             axs[i, 0].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color=colour, lw=1))
             _imshow(axs[i, k + 1], crops[k][i].permute(1, 2, 0).numpy())
-            axs[i, k + 1].set_title(f'{"global" if k < 2 else "local"} {k + 1 if k < 2 else k - 1}{" F" if flip[i] else ""}', fontsize=7)
+            axs[i, k + 1].set_title(f'{"global" if k < 2 else "local"} {k + 1 if k < 2 else k - 1}{" F" if flip[i] else ""}', fontsize=8)
     for ax in axs.flat: ax.axis('off')
     if title: fig.suptitle(title)
     fig.tight_layout()

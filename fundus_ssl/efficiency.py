@@ -139,7 +139,7 @@ def plot_label_efficiency(results:pd.DataFrame, # `label_efficiency` results
         runs = results[results['init'] == init]
         ax.plot(runs['n_labels'], runs[metric], '.', color=line.get_color(), alpha=0.5)
     ax.set(xscale='log', xlabel='labeled training images', ylabel=metric, title=f'label efficiency ({spread} band)')
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8)
     return ax
 
 def plot_relative_gain(results:pd.DataFrame, # `label_efficiency` results
@@ -155,7 +155,7 @@ def plot_relative_gain(results:pd.DataFrame, # `label_efficiency` results
         ax.plot(g['n_labels'], 100 * g['relative_gain'], 'o-', label=init)
     ax.axhline(0, c='gray', lw=0.8)
     ax.set(xscale='log', xlabel='labeled training images', ylabel=f'{metric} gain over {reference} (%)')
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8)
     return ax
 
 # %% ../nbs/23_efficiency.ipynb #d26da332
@@ -222,7 +222,7 @@ def plot_convergence(curves:pd.DataFrame,  # curves of the compared runs
         ax.plot(hit, [target] * len(hit), 'v', color=line.get_color(), ms=7)
     ax.axhline(target, c='gray', ls='--', lw=0.8, label=f'{share:.0%} of best')
     ax.set(xlabel=f'{x}s' if x == 'step' else 'epoch', ylabel=f'validation {metric}', title='convergence')
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8)
     return ax
 
 # %% ../nbs/23_efficiency.ipynb #50760a83

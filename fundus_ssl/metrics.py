@@ -259,7 +259,7 @@ def plot_roc(y_true,                      # 0/1 truth [N]
         ax.plot([1 - specificity], [se], 'o', mfc='none', ms=9, label=f'sensitivity {se:.3f} at specificity {specificity:.0%}')
     ax.plot([0, 1], [0, 1], ':', c='gray', lw=0.8)
     ax.set(xlabel='1 - specificity', ylabel='sensitivity', aspect='equal')
-    ax.legend(loc='lower right', fontsize=7)
+    ax.legend(loc='lower right', fontsize=8)
     return ax
 
 # %% ../nbs/20_metrics.ipynb #c51cf616
@@ -343,7 +343,7 @@ def plot_bootstrap(ci:BootstrapCI,       # from `bootstrap_ci`
     ax.axvline(ci.estimate, c='k', label=f'estimate {ci.estimate:.3f}')
     for v in (ci.low, ci.high): ax.axvline(v, c='firebrick', ls='--')
     ax.set(title=title or f'{ci.level:.0%} CI {ci.low:.3f}-{ci.high:.3f} ({ci.n_skipped}/{ci.n} skipped)', ylabel='resamples')
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8)
     return ax
 
 def plot_cis(cis:dict,           # name -> BootstrapCI

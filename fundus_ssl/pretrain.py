@@ -587,7 +587,7 @@ def plot_history(history:str|Path|pd.DataFrame, # a history file or `read_histor
     if ax_met is not None: ax_met.set(xlabel='epoch', title='validation metrics')
     for ax in axs.flat:
         ax.xaxis.get_major_locator().set_params(integer=True)   # epochs
-        if ax.has_data(): ax.legend(fontsize=6)
+        if ax.has_data(): ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -103,8 +103,8 @@ def plot_layer_statistics(report:pd.DataFrame, # from `activation_report`
         for model, rows in report[col].groupby(level='model', sort=False):
             ax.plot(rows.index.get_level_values('layer'), rows.to_numpy(), 'o-', ms=3, label=model)
         if col.startswith('cn_'): ax.set_yscale('log')
-        ax.set_title(col, fontsize=9); ax.tick_params(axis='x', labelrotation=45, labelsize=7)
-    axs.flat[0].legend(fontsize=7)
+        ax.set_title(col, fontsize=9); ax.tick_params(axis='x', labelrotation=45, labelsize=8)
+    axs.flat[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 

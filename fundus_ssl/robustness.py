@@ -115,7 +115,7 @@ def distortion_grid(image:np.ndarray,            # (H, W, 3) uint8 RGB
         for c, s in enumerate(severities):
             ax = axs[r, c]; ax.imshow(distort(image, kind, s, seed)); ax.set_xticks([]); ax.set_yticks([])
             if r == 0: ax.set_title(f'severity {s}', fontsize=8)
-            if c == 0: ax.set_ylabel(kind, fontsize=7)
+            if c == 0: ax.set_ylabel(kind, fontsize=8)
     fig.tight_layout(pad=0.2)
     return fig
 
@@ -181,11 +181,11 @@ def plot_robustness(curves:pd.DataFrame,       # from `robustness_curves`
     for ax, kind in zip(axs.flat, kinds):
         for model, c in curves[curves['kind'] == kind].groupby('model', sort=False):
             ax.plot(c['severity'], c['metric'], 'o-', ms=3, label=model)
-        ax.set_title(kind, fontsize=8); ax.set_xticks(range(6)); ax.tick_params(labelsize=7)
+        ax.set_title(kind, fontsize=8); ax.set_xticks(range(6)); ax.tick_params(labelsize=8)
     for ax in axs.flat[len(kinds):]: ax.axis('off')
     for ax in axs[:, 0]: ax.set_ylabel(metric_name, fontsize=8)
     for ax in axs[-1]: ax.set_xlabel('severity', fontsize=8)
-    axs.flat[0].legend(fontsize=6)
+    axs.flat[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
